@@ -1,0 +1,78 @@
+"""The docs: nbdev builds from the top-level _quarto.yml, and every page of the site renders in headless Chromium
+with its API tables and figures and no broken local links."""
+import os, re, shutil, subprocess, sys
+from html.parser import HTMLParser
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("docs") / "_docs"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "docs.py"), "--preview", "--no-readme", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+def test_top_level_quarto_yml_is_what_nbdev_uses(site):
+    "nbs/_quarto.yml links to the top-level file, and the processed copy nbdev renders from has the same content."
+    link = ROOT / "nbs" / "_quarto.yml"
+    assert link.is_symlink() and link.resolve() == (ROOT / "_quarto.yml").resolve()
+    assert (ROOT / "_proc" / "_quarto.yml").read_text() == (ROOT / "_quarto.yml").read_text()
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__(); self.links, self.imgs, self.tables, self.h1 = [], [], 0, []
+        self._in_h1 = False
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and a.get("href"): self.links.append(a["href"])
+        if tag == "img": self.imgs.append(a.get("src", ""))
+        if tag == "table": self.tables += 1
+        if tag == "h1": self._in_h1 = True
+    def handle_endtag(self, tag):
+        if tag == "h1": self._in_h1 = False
+    def handle_data(self, data):
+        if self._in_h1 and data.strip(): self.h1.append(data.strip())
+
+def render(path: Path, tmp: Path) -> str:
+    "The DOM of `path` after Chromium has loaded and run it."
+    r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp}", "--virtual-time-budget=5000", "--dump-dom", path.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+need_browser = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("LONGALIGN_REQUIRE_BROWSER"),
+                                  reason="Chromium is not installed (.ci/run installs it and sets LONGALIGN_REQUIRE_BROWSER)")
+
+@need_browser
+def test_every_page_renders_with_api_tables_figures_and_links(site, tmp_path):
+    notebooks = sorted(p.stem for p in (ROOT / "nbs").glob("*.ipynb"))
+    pages = sorted(p.stem for p in site.glob("*.html"))
+    assert pages == notebooks, (pages, notebooks)
+    modules = {p.stem: p for p in (ROOT / "nbs").glob("*.ipynb") if "#| default_exp" in p.read_text()}
+    for name in pages:
+        dom = render(site / f"{name}.html", tmp_path / name)
+        page = Page(); page.feed(dom)
+        assert page.h1, f"{name}: no title"
+        for href in page.links:
+            if re.match(r"^(https?:|mailto:|#|data:)", href): continue
+            target = (site / href.split("#")[0]).resolve()
+            assert target.exists(), f"{name}: broken local link {href}"
+        assert any(l.endswith("index.html") for l in page.links), f"{name}: no navigation back to the index"
+        if name in modules:
+            assert page.tables >= 1, f"{name}: no API tables"
+            # every exported function or class has its show_doc heading on the page
+            mod = re.search(r"#\| default_exp ([\w.]+)", (ROOT / "nbs" / f"{name}.ipynb").read_text())[1]
+            import importlib
+            m = importlib.import_module(f"longalign.{mod}")
+            for sym in getattr(m, "__all__", []):
+                if not sym.startswith("_") and callable(getattr(m, sym)):
+                    assert sym in dom, f"{name}: {sym} missing from the page"
+        nb_text = (ROOT / "nbs" / f"{name}.ipynb").read_text()
+        if '"image/png"' in nb_text:
+            assert any(src.startswith("data:image/png") for src in page.imgs), f"{name}: a figure did not render"

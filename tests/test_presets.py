@@ -1,0 +1,60 @@
+"Presets whose hub ids cannot be reached fail fast with a message naming the preset, the role and the override."
+import json, os, socket, subprocess, sys, time
+import pytest
+
+CODE = """
+import time
+from transformers import CLIPTextModel
+from longalign.core import load_role, ModelUnavailableError
+t = time.time()
+try:
+    load_role({preset!r}, {role!r}, {cls})
+    print('LOADED')
+except ModelUnavailableError as e:
+    print(f'{{time.time() - t:.2f}}|{{e}}')
+"""
+
+def closed_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    return port
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "closed-port"}], ids=["offline", "closed-port"])
+@pytest.mark.parametrize("role,cls", [("text_encoder", "CLIPTextModel"), ("hpsv2", "None")])
+def test_unreachable_hub_fails_fast_with_clear_message(tmp_path, env, role, cls):
+    env = dict(env)
+    if env.get("HF_ENDPOINT") == "closed-port": env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    full = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "0", **env}
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", CODE.format(preset="sd15", role=role, cls=cls)], env=full,
+                       capture_output=True, text=True, timeout=120)
+    wall = time.time() - t0
+    out = r.stdout.strip().splitlines()[-1]
+    assert "|" in out, r.stdout + r.stderr
+    seconds, msg = out.split("|", 1)
+    assert float(seconds) < 10, seconds
+    assert f"preset 'sd15', role '{role}'" in msg
+    assert f"overrides={{'{role}': '/local/path'}}" in msg
+    assert "Traceback" not in r.stderr
+
+def test_override_with_local_path_is_used(tmp_path):
+    "An override that points at a local folder loads from it, without the hub."
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from longalign.core import load_role
+    cfg = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16)
+    CLIPTextModel(cfg).save_pretrained(tmp_path / "te")
+    m = load_role("sd15", "text_encoder", CLIPTextModel, overrides={"text_encoder": str(tmp_path / "te")})
+    assert m.config.hidden_size == 32
+
+def test_run_config_records_what_reproduces_it(tmp_path):
+    job = os.path.join(os.path.dirname(__file__), "harness_job.py")
+    subprocess.run([sys.executable, job, "--out", str(tmp_path / "run"), "--steps", "2", "--checkpoint-every", "1"], check=True,
+                   capture_output=True)
+    rec = json.loads((tmp_path / "run" / "config.json").read_text())
+    p = rec["preset"]
+    assert p["name"] == "toy" and p["splitter"] in ("robust", "compat")
+    for key in ("pad_star", "policy", "lora_format", "lora_targets", "lora_rank", "target_length", "models"):
+        assert p[key], key
+    assert rec["train"]["seed"] == 0 and rec["train"]["batch_size"] == 8
+    import torch, diffusers, transformers
+    assert rec["versions"]["diffusers"] == diffusers.__version__ and rec["versions"]["transformers"] == transformers.__version__
+    assert rec["versions"]["torch"] == torch.__version__
