@@ -373,9 +373,11 @@ def truth(scene: Scene, fact: Fact) -> bool:
 
 def oracle_score(oracle: Oracle, images: torch.Tensor, captions: list) -> float:
     "The alignment metric: the fraction of a caption's fact sentences the oracle accepts (p > 0.5), averaged over images."
-    per = [np.nanmean(p > 0.5) if np.isfinite(p).any() else np.nan for p in
-           [np.where(np.isnan(p), np.nan, (p > 0.5).astype(float)) for p in oracle.sentence_scores(images, captions)]]
-    return float(np.nanmean(per))
+    per_image = []
+    for p in oracle.sentence_scores(images, captions):
+        facts = p[~np.isnan(p)]                 # sentences without a fact (the opening line) are not scored
+        if len(facts): per_image.append(float((facts > 0.5).mean()))
+    return float(np.mean(per_image))
 
 # %% ../nbs/00a_toyworld.ipynb #e13f91a2
 def oracle_accuracy(
