@@ -35,7 +35,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["longalign", "longalign.*"]),
     include_package_data=True,
     install_requires=reqs("requirements"),
-    extras_require={"dev": reqs("dev_requirements")},
+    extras_require={"dev": reqs("dev_requirements"), "bench": reqs("bench_requirements")},
     python_requires=">=" + min_python,
     zip_safe=False,
     entry_points={"console_scripts": scripts, "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

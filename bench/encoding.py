@@ -1,0 +1,141 @@
+"""Throughput, padding efficiency and peak memory of long-prompt encoders on a CLIP-L-sized text tower (random weights, CPU).
+
+Compared, on the same prompts of about 60, 120, 240 and 500 CLIP tokens:
+- `LongPromptEncoder` (all segments of all prompts sorted by length and packed into buckets);
+- `per-prompt loop`: the same encoder called once per prompt (no batching across prompts);
+- `compel` (`truncate_long_prompts=False`: 77-token windows, each with its own <sot>/<eot>/<pad>, one prompt at a time).
+
+Throughput is measured in this one process with the methods interleaved over several rounds, and reported as ratios to
+compel, so machine noise hits all alike. Padding efficiency = the prompts' content tokens / token positions the text encoder
+processed. Peak memory = the highest resident-set size above the loaded model's, sampled every 2 ms, each method in a fresh
+process. Writes bench/results/encoding.json and bench/results/encoding.md.
+
+    pip install -e ".[bench]"   # compel is a benchmark-only dependency
+    python bench/encoding.py [--prompts 16] [--rounds 3]
+"""
+import argparse, gc, json, multiprocessing as mp, random, statistics, threading, time
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from longalign.core import package_versions
+from longalign.encoding import LongPromptEncoder
+from longalign.toyworld import clip_tokenizer
+
+LENGTHS = (60, 120, 240, 500)
+SUBJECTS = ["an old lighthouse", "a red bicycle", "a wooden table", "a small brown dog", "a glass vase", "a stone bridge",
+            "a woman in a yellow raincoat", "a paper lantern", "a tall pine tree", "a blue fishing boat"]
+CLAUSES = ["stands near the centre of the picture", "is lit by warm afternoon light coming from the left",
+           "casts a long soft shadow across the ground", "has a few scratches and faded paint along its edges",
+           "is partly hidden behind a low hedge", "sits on a patch of wet grass covered with fallen leaves",
+           "reflects the cloudy sky above it", "looks slightly tilted, as if it had been moved in a hurry",
+           "is surrounded by scattered pebbles and a couple of empty bottles", "appears sharp while the background is blurred"]
+
+
+def make_prompt(n_tokens, tokenizer, rng):
+    "Descriptive sentences (≈ 10-30 tokens each, like LLaVA-style captions) until the prompt has about `n_tokens` tokens."
+    sents = []
+    while True:
+        s = f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(CLAUSES)}"
+        if rng.random() < 0.5: s += f", and {rng.choice(SUBJECTS)} {rng.choice(CLAUSES)}"
+        cand = " ".join(sents + [s + "."])
+        if len(tokenizer(cand, verbose=False).input_ids) - 2 > n_tokens and sents: return " ".join(sents)
+        sents.append(s + ".")
+
+
+def text_encoder():
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                         num_attention_heads=12, max_position_embeddings=77, eos_token_id=49407)   # CLIP ViT-L/14's text tower
+    return CLIPTextModel(cfg).eval()
+
+
+def methods(tok, te, target_length):
+    ours = LongPromptEncoder(tok, te, target_length=target_length)
+    def batched(prompts):
+        ours.encode(prompts)
+        return ours.stats["positions"]
+    def loop(prompts):
+        pos = 0
+        for p in prompts:
+            ours.encode(p); pos += ours.stats["positions"]
+        return pos
+    from compel import Compel
+    comp = Compel(tokenizer=tok, text_encoder=te, truncate_long_prompts=False)
+    def compel(prompts):   # compel encodes one prompt at a time, in windows of 77 positions (padding to a common length is free)
+        return sum(comp(p).shape[1] for p in prompts)
+    return {"LongPromptEncoder": batched, "per-prompt loop": loop, "compel": compel}
+
+
+def _target(n):  # room for every segment's <sot>: no method may drop content
+    return max(240, int(n * 1.4) // 10 * 10)
+
+
+def _rss():
+    with open("/proc/self/statm") as f: return int(f.read().split()[1]) * 4096
+
+
+def _peak_worker(method, n, n_prompts, q):
+    torch.set_num_threads(2)
+    tok, te = clip_tokenizer(), text_encoder()
+    prompts = [make_prompt(n, tok, random.Random(i)) for i in range(n_prompts)]
+    fn = methods(tok, te, _target(n))[method]
+    with torch.no_grad():
+        fn(prompts[:2])                    # warm-up: <pad*>, lazy imports
+        gc.collect()
+        base, peak, done = _rss(), [0], threading.Event()
+        def sample():
+            while not done.is_set(): peak[0] = max(peak[0], _rss()); time.sleep(0.002)
+        t = threading.Thread(target=sample); t.start()
+        fn(prompts)
+        done.set(); t.join()
+    q.put((peak[0] - base) / 2**20)
+
+
+def main(n_prompts=16, rounds=3, out=Path(__file__).parent / "results"):
+    torch.set_num_threads(2)
+    tok, te = clip_tokenizer(), text_encoder()
+    rows = []
+    for n in LENGTHS:
+        prompts = [make_prompt(n, tok, random.Random(i)) for i in range(n_prompts)]
+        content = sum(len(tok(p, verbose=False).input_ids) - 2 for p in prompts)
+        sent = [len(tok(s, verbose=False).input_ids) - 2 for p in prompts for s in p.split(". ")]
+        fns = methods(tok, te, _target(n))
+        times = {m: [] for m in fns}
+        positions = {}
+        with torch.no_grad():
+            for f in fns.values(): f(prompts[:2])        # warm-up
+            for r in range(rounds):
+                for m, f in (fns.items() if r % 2 == 0 else reversed(list(fns.items()))):
+                    t = time.perf_counter(); positions[m] = f(prompts); times[m].append(time.perf_counter() - t)
+        ctx = mp.get_context("spawn")
+        for m in fns:
+            q = ctx.Queue(); p = ctx.Process(target=_peak_worker, args=(m, n, n_prompts, q)); p.start(); peak = q.get(); p.join()
+            rows.append({"tokens": n, "method": m, "prompts/s": n_prompts / statistics.median(times[m]),
+                         "padding efficiency": content / positions[m], "positions": positions[m], "content tokens": content,
+                         "peak MiB above model": peak, "mean sentence tokens": statistics.mean(sent)})
+        ref = next(r for r in rows if r["tokens"] == n and r["method"] == "compel")["prompts/s"]
+        for r in rows:
+            if r["tokens"] == n: r["throughput vs compel"] = r["prompts/s"] / ref
+        print(*(f"{r['tokens']:4d} {r['method']:18s} {r['prompts/s']:7.2f}/s  x{r['throughput vs compel']:.2f}  "
+                f"eff {r['padding efficiency']:.2f}  peak {r['peak MiB above model']:.0f} MiB" for r in rows if r["tokens"] == n), sep="\n")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"prompts": n_prompts, "rounds": rounds, "threads": torch.get_num_threads(), "versions": package_versions()}
+    (out / "encoding.json").write_text(json.dumps({"rows": rows, **meta}, indent=1))
+    md = ["| prompt tokens | method | prompts/s | × compel | padding efficiency | peak MiB above model |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['tokens']} | {r['method']} | {r['prompts/s']:.2f} | {r['throughput vs compel']:.2f} | "
+           f"{r['padding efficiency']:.2f} | {r['peak MiB above model']:.0f} |" for r in rows]
+    md.append(f"\n{n_prompts} prompts per length, median of {rounds} interleaved rounds, {meta['threads']} CPU threads, CLIP-L-sized "
+              f"text tower with random weights; sentences of {statistics.mean(r['mean sentence tokens'] for r in rows):.0f} "
+              f"tokens on average. `python bench/encoding.py`")
+    (out / "encoding.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    main(a.prompts, a.rounds)
