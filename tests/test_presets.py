@@ -31,7 +31,7 @@ def test_unreachable_hub_fails_fast_with_clear_message(tmp_path, env, role, cls)
     out = r.stdout.strip().splitlines()[-1]
     assert "|" in out, r.stdout + r.stderr
     seconds, msg = out.split("|", 1)
-    assert float(seconds) < 10, seconds
+    assert float(seconds) < 30, seconds   # the failure guarded against: ~54 s of download retries
     assert f"preset 'sd15', role '{role}'" in msg
     assert f"overrides={{'{role}': '/local/path'}}" in msg
     assert "Traceback" not in r.stderr
