@@ -123,14 +123,20 @@ def main(n_prompts=16, rounds=3, out=Path(__file__).parent / "results"):
     out.mkdir(parents=True, exist_ok=True)
     meta = {"prompts": n_prompts, "rounds": rounds, "threads": torch.get_num_threads(), "versions": package_versions()}
     (out / "encoding.json").write_text(json.dumps({"rows": rows, **meta}, indent=1))
+    md = markdown(rows, meta)
+    (out / "encoding.md").write_text(md)
+    print(md)
+
+
+def markdown(rows, meta):
+    "The results table for the docs."
     md = ["| prompt tokens | method | prompts/s | × compel | padding efficiency | peak MiB above model |", "|---|---|---|---|---|---|"]
     md += [f"| {r['tokens']} | {r['method']} | {r['prompts/s']:.2f} | {r['throughput vs compel']:.2f} | "
-           f"{r['padding efficiency']:.2f} | {r['peak MiB above model']:.0f} |" for r in rows]
-    md.append(f"\n{n_prompts} prompts per length, median of {rounds} interleaved rounds, {meta['threads']} CPU threads, CLIP-L-sized "
-              f"text tower with random weights; sentences of {statistics.mean(r['mean sentence tokens'] for r in rows):.0f} "
-              f"tokens on average. `python bench/encoding.py`")
-    (out / "encoding.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+           f"{r['padding efficiency']:.3f} | {r['peak MiB above model']:.0f} |" for r in rows]
+    md.append(f"\n{meta['prompts']} prompts per length, median of {meta['rounds']} interleaved rounds, {meta['threads']} CPU threads, "
+              f"CLIP-L-sized text tower with random weights; sentences of "
+              f"{statistics.mean(r['mean sentence tokens'] for r in rows):.0f} tokens on average. `python bench/encoding.py`")
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":
