@@ -16,10 +16,9 @@ from .core import TrainConfig, fit
 from .encoding import split_segments
 
 # %% auto #0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'LOSSES', 'common_direction', 'decompose', 'reweight', 'batch_common_direction',
-           'RunningDirection', 'check_images', 'reward_preprocess', 'PreferenceModel', 'pair_cross_entropy',
-           'preference_loss', 'PreferencePairs', 'PreferenceTrainConfig', 'train_preference_model',
-           'toy_preference_model']
+__all__ = ['LOSSES', 'common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection', 'check_images',
+           'reward_preprocess', 'PreferenceModel', 'pair_cross_entropy', 'preference_loss', 'PreferencePairs',
+           'PreferenceTrainConfig', 'train_preference_model', 'toy_preference_model']
 
 # %% ../nbs/02_denscore.ipynb #a27a40d4
 def common_direction(text_embeds: torch.Tensor) -> torch.Tensor:
@@ -63,7 +62,7 @@ class RunningDirection(nn.Module):
     def V(self) -> torch.Tensor: return F.normalize(self.mean, dim=0)
 
 # %% ../nbs/02_denscore.ipynb #7e0b4128
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+from .toyworld import CLIP_MEAN, CLIP_STD, _features   # CLIP's pixel statistics; feature outputs of transformers 4 and 5
 
 def check_images(images, name: str = "images") -> torch.Tensor:
     "Images must be a float tensor (n, 3, H, W) in [0, 1]."
@@ -94,9 +93,6 @@ def reward_preprocess(
     x = x[..., top:top + c, left:left + c]
     if c != image_size: x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     return (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
-
-def _features(out):   # transformers 5 returns a model output from get_*_features, 4.x a tensor
-    return out if torch.is_tensor(out) else out.pooler_output
 
 class PreferenceModel(nn.Module):
     "A CLIP-style preference model: image and (segment) text embeddings, scores, Denscore and its decomposition."
