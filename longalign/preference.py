@@ -70,7 +70,7 @@ def check_images(images, name: str = "images") -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must have shape (n, 3, H, W), got {tuple(images.shape)}; add a batch axis with images[None]")
     if not images.is_floating_point(): raise ValueError(f"{name} must be floating point in [0, 1], got {images.dtype}")
-    lo, hi = float(images.min()), float(images.max())
+    lo, hi = float(images.detach().min()), float(images.detach().max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.3f}, {hi:.3f}]; images in [-1, 1] convert with (x + 1) / 2")
     return images
