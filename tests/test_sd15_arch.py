@@ -35,9 +35,9 @@ def test_one_sft_step_with_sd15_architectures(tmp_path):
     run = tmp_path / "run"
     w = _lora(run / "lora")
     assert _suffixes(w) == TARGETS
-    a_k = next(v for k, v in w.items() if k.endswith("attn2.to_k.lora_A.weight"))
+    a_k = next(v for k, v in w.items() if k.endswith("attn2.to_k.lora.down.weight"))
     assert tuple(a_k.shape) == (32, 768)                          # rank 32 on the 768-d CLIP-L / adapter context
-    assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)   # B starts at zero: the step changed it
+    assert any(v.abs().sum() > 0 for k, v in w.items() if ".lora.up." in k)   # B ('up') starts at zero: the step changed it
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["settings"]["encoding"]["encoders"] == "clip+t5" and cfg["train"]["lr"] == 3e-5
     adapter = load_file(next((run / "lora" / "t5_adapter").glob("*.safetensors")))
@@ -54,7 +54,7 @@ def test_one_rft_step_with_sd15_architectures(tmp_path):
     run = tmp_path / "run"
     w = _lora(run / "lora")
     assert _suffixes(w) == TARGETS
-    assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)
+    assert any(v.abs().sum() > 0 for k, v in w.items() if ".lora.up." in k)
     cfg = json.loads((run / "config.json").read_text())
     rft = cfg["settings"]["rft"]
     assert (rft["sampler_steps"], rft["grad_steps"], rft["omega"]) == (2, 1, 0.3)
