@@ -1,0 +1,35 @@
+"Process-level test of the console scripts the README gives: longalign-sample, then longalign-eval, at smoke sizes."
+import json, random, subprocess, sys
+from pathlib import Path
+
+import pandas as pd
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args, check=True):
+    r = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=900)
+    if check: assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_sample_then_eval(tmp_path):
+    from longalign.toyworld import long_caption, scenes
+    caps = [long_caption(s, random.Random(i)).text for i, s in enumerate(scenes(3, seed=7))]
+    (tmp_path / "p.txt").write_text("\n".join(caps) + "\n")
+    out = tmp_path / "imgs"
+    _run("longalign-sample", tmp_path / "p.txt", out, "--encoders", "base", "--steps", "2", "--batch-size", "2", "--zoo", "smoke")
+    assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png", "2.png"]
+    assert [json.loads(l)["caption"] for l in (out / "prompts.jsonl").read_text().splitlines()] == caps
+    (out / "1.png").write_bytes(b"\x89PNG broken")
+    _run("longalign-eval", out, "--zoo", "smoke", "--metrics", "denscore,vqa", "--method", "toy-base")
+    s = pd.read_csv(out / "eval" / "summary.csv").set_index("metric")
+    assert s.loc["skipped:corrupt_image", "n"] == 1 and s.loc["denscore", "n"] == 2 and s.loc["vqa", "n"] == 2
+    assert (s.method == "toy-base").all() and json.loads(s.loc["vqa", "versions"])["preset"] == "toy"
+    rows = [json.loads(l) for l in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["0", "2"] and all(0 <= r["vqa"] <= 100 for r in rows)
+    # bad input: a clear message and a non-zero exit, before any work
+    r = _run("longalign-eval", out, "--zoo", "smoke", "--metrics", "fid", check=False)
+    assert r.returncode == 2 and "reference" in r.stderr
+    r = _run("longalign-sample", tmp_path / "missing.txt", out, "--zoo", "smoke", check=False)
+    assert r.returncode == 2 and "not found" in r.stderr
