@@ -49,7 +49,7 @@ def test_one_sft_step_with_sd15_architectures(tmp_path):
 def test_one_rft_step_with_sd15_architectures(tmp_path):
     _run("""
         from longalign.rft import run_rft
-        run_rft("run", "sd15-arch", omega=0.3, progress=False, eval_every=1, n_val=2, val_steps=2)
+        run_rft("run", "sd15-arch", omega=0.3, progress=False)
     """, tmp_path)
     run = tmp_path / "run"
     w = _lora(run / "lora")
@@ -64,7 +64,3 @@ def test_one_rft_step_with_sd15_architectures(tmp_path):
         assert pd.notna(m.loc[1, name]), name
     assert abs(m.loc[1, "loss"] - 0.5 * (1 - m.loc[1, "reward"])) < 1e-6   # loss = (1 - reward) / 2
     assert m.loc[1, "grad_norm"] > 0
-    # validation at steps 0 and 1: metrics in eval.jsonl and a sample grid per evaluation
-    ev = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in ev] == [0, 1] and all(pd.notna(e["denscore_o"]) for e in ev) and "images" not in ev[0]
-    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_000000.png", "step_000001.png"]
