@@ -116,6 +116,10 @@ def get_preset(
     overrides: dict | None = None,  # role -> local path or hub id, replacing the preset's entry
 ) -> Preset:
     "The preset named `preset` with `overrides` applied."
+    if isinstance(overrides, str):      # papermill's `-p overrides '{"role": "/path"}'` arrives as a string
+        try: overrides = json.loads(overrides)
+        except json.JSONDecodeError as e: raise ValueError(f"overrides={overrides!r} is not JSON: give '{{\"role\": \"/local/path\"}}' ({e})") from None
+        if not isinstance(overrides, dict): raise ValueError(f"overrides must map roles to local paths, got {overrides!r}")
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is not known; choose one of {sorted(PRESETS)}")

@@ -1,4 +1,4 @@
-"""Batch-mode common direction across processes, against the dataset-mode direction."""
+"""Preference models: the batch-mode common direction across processes, open_clip models, and the sd15 training path on local files."""
 import os
 import shutil
 import subprocess
@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from longalign.preference import batch_common_direction, common_direction
@@ -64,3 +65,56 @@ def test_open_clip_model_scores_like_its_own_towers():
         seg = pm.denscore(x, texts)
         segs = [torch.nn.functional.normalize(model.encode_text(tok(["a blue square.", "it is small."])), dim=-1).mean(0)]
         torch.testing.assert_close(seg[1], 100 * (img[1] * segs[0]).sum())
+
+
+def _tiny_clip_h(folder):
+    "A random-weight CLIP saved like CLIP-H's hub folder (weights + tokenizer), small enough for a CPU test."
+    from transformers import CLIPConfig, CLIPModel
+    from longalign.toyworld import clip_tokenizer
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(cfg).save_pretrained(folder)
+    clip_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_sd15_denscore_through_papermill_from_local_files(tmp_path):
+    """The documented real-world command, `papermill nbs/02_denscore.ipynb … -p preset sd15`, on local files: a CLIP
+    folder in place of CLIP-H and Pick-a-Pic-schema parquet in place of Pick-a-Pic with long captions."""
+    import json, pandas as pd, papermill
+    from transformers import CLIPModel, CLIPTokenizer
+    from longalign.preference import PreferenceModel, preference_table, run_preference
+    from longalign.toyworld import image_from_bytes, preference_dataset
+    clip_h = _tiny_clip_h(tmp_path / "clip_h")
+    table = preference_dataset(8, seed=3)
+    (tmp_path / "pairs").mkdir()
+    table.to_parquet(tmp_path / "pairs" / "train-0.parquet")
+    table.remove_columns(["long_caption"]).to_parquet(tmp_path / "short.parquet")
+    nbs = Path(__file__).parents[1] / "nbs"
+    run = tmp_path / "run"
+    papermill.execute_notebook(str(nbs / "02_denscore.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(nbs), kernel_name="python3",
+                               progress_bar=False, parameters=dict(preset="sd15", pairs=str(tmp_path / "pairs"), steps=2,
+                                                                   batch_size=4, overrides={"clip_h": str(clip_h)}, output_dir=str(run)))
+    # PickScore's recipe, with the notebook's steps and batch in place of its 4,000 and 128
+    cfg = json.loads((run / "config.json").read_text())["settings"]["preference"]
+    assert (cfg["steps"], cfg["batch_size"], cfg["lr"], cfg["warmup_steps"], cfg["lr_scheduler"], cfg["loss"]) == \
+        (2, 4, 3e-6, 500, "constant_with_warmup", "seg-o")
+    m = pd.read_csv(run / "metrics.csv")
+    assert m[m.name == "loss"].step.max() == 2 and m[m.name == "skipped_rows"].value.max() == 0
+    # saved like the released Denscore: plain from_pretrained loads it; it differs from the base it started from
+    pm = PreferenceModel(CLIPModel.from_pretrained(run / "model"), CLIPTokenizer.from_pretrained(run / "model")).eval()
+    base = PreferenceModel(CLIPModel.from_pretrained(clip_h), CLIPTokenizer.from_pretrained(clip_h)).eval()
+    x = torch.stack([image_from_bytes(b) for b in table["jpg_0"][:4]])
+    with torch.no_grad():
+        got, before = pm.denscore(x, table["long_caption"][:4]), base.denscore(x, table["long_caption"][:4])
+    assert got.shape == (4,) and not torch.allclose(got, before)
+    # bad input fails before any weights load, and says what to do
+    for kw, msg in [(dict(pairs=tmp_path / "short.parquet"), "LLaVA-Next"), (dict(pairs=tmp_path / "nope"), "no such file"),
+                    (dict(pairs=None), "pairs is needed"), (dict(pairs=tmp_path / "pairs", loss="seg"), "choose one of")]:
+        with pytest.raises((ValueError, FileNotFoundError), match=msg):
+            run_preference(tmp_path / "bad", "sd15", overrides={"clip_h": str(tmp_path / "pairs")}, cpu=True, **kw)
+    with pytest.raises(ValueError, match="toy_preference_model"):
+        run_preference(tmp_path / "bad", "toy", pairs=tmp_path / "pairs")
+    assert len(preference_table(tmp_path / "pairs" / "train-0.parquet")) == 8

@@ -44,6 +44,11 @@ def test_override_with_local_path_is_used(tmp_path):
     CLIPTextModel(cfg).save_pretrained(tmp_path / "te")
     m = load_role("sd15", "text_encoder", CLIPTextModel, overrides={"text_encoder": str(tmp_path / "te")})
     assert m.config.hidden_size == 32
+    # papermill's `-p overrides '{...}'` arrives as a JSON string: the same load; a malformed one says what to write
+    m = load_role("sd15", "text_encoder", CLIPTextModel, overrides=f'{{"text_encoder": "{tmp_path / "te"}"}}')
+    assert m.config.hidden_size == 32
+    with pytest.raises(ValueError, match="is not JSON"):
+        load_role("sd15", "text_encoder", CLIPTextModel, overrides="{text_encoder: te}")
 
 def test_run_config_records_what_reproduces_it(tmp_path):
     job = os.path.join(os.path.dirname(__file__), "harness_job.py")
