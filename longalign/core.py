@@ -19,7 +19,7 @@ __all__ = ['ROLES', 'PRESETS', 'checkpoint_hooks', 'ModelRef', 'Preset', 'get_pr
            'hub_reachable', 'load_role', 'default_device', 'default_dtype', 'default_mixed_precision',
            'package_versions', 'run_record', 'TextAdapter', 'FeatureStats', 'frechet_distance', 'fid_from_features',
            'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult',
-           'trainable_state_dict', 'list_checkpoints', 'fit']
+           'trainable_state_dict', 'list_checkpoints', 'fit', 'read_prompts']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -586,3 +586,22 @@ def fit(
     bar.close()
     if cfg.log_with: acc.end_training()
     return TrainResult(max(start, cfg.max_steps), out, last_ckpt, written)
+
+# %% ../nbs/00_core.ipynb #55ba70c5
+def read_prompts(path) -> list:
+    "Rows `{'id': str, 'caption': str}` from a .txt (one per line) or .jsonl / .json / .csv with `caption` (and `id`) columns."
+    path = Path(path).expanduser()
+    if not path.is_file(): raise FileNotFoundError(f"prompt file {path} not found; give a .txt (one prompt per line), .jsonl, .json or .csv")
+    if path.suffix == ".txt": rows = [{"caption": l.strip()} for l in path.read_text().splitlines()]
+    elif path.suffix == ".jsonl": rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    elif path.suffix == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list): raise ValueError(f"{path} holds a {type(rows).__name__}; give a list of {{'caption': ...}} rows")
+    elif path.suffix == ".csv":
+        with open(path, newline="") as f: rows = list(csv.DictReader(f))
+    else: raise ValueError(f"prompt file {path}: use .txt, .jsonl, .json or .csv (got {path.suffix!r})")
+    if rows and "caption" not in rows[0]: raise ValueError(f"{path} has columns {sorted(rows[0])}; it needs 'caption' (and optionally 'id')")
+    out = [{"id": str(r.get("id", i)), "caption": r["caption"]} for i, r in enumerate(rows) if isinstance(r.get("caption"), str) and r["caption"].strip()]
+    if not out: raise ValueError(f"prompt file {path} has no non-empty prompt")
+    if len({r["id"] for r in out}) != len(out): raise ValueError(f"prompt file {path} repeats ids: each image is named by its id")
+    return out
