@@ -120,15 +120,21 @@ def test_sd15_denscore_through_papermill_from_local_files(tmp_path):
     assert len(preference_table(tmp_path / "pairs" / "train-0.parquet")) == 8
 
 
-def test_text_embeds_padded_to_the_longest_equal_padding_to_77(tmp_path):
-    "PreferenceModel pads a batch of texts to its longest, not to 77 tokens; CLIP's causal text tower gives the same embeddings."
+def test_text_embeds_pad_to_the_longest_while_training_and_to_77_when_cached(tmp_path):
+    """A training text tower pads a batch to its longest text (CLIP's causal tower gives the same embeddings, up to rounding);
+    a frozen one pads to 77, exactly as before (05's resume test shows why: cached texts change the companions' lengths)."""
     from transformers import CLIPModel, CLIPTokenizer
     from longalign.preference import PreferenceModel, _features
     folder = _tiny_clip_h(tmp_path / "clip")
-    pm = PreferenceModel(CLIPModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder)).eval()
+    pm = PreferenceModel(CLIPModel.from_pretrained(folder).requires_grad_(False), CLIPTokenizer.from_pretrained(folder)).eval()
     texts = ["A red circle.", "The square in the top left corner of the picture is painted a clear blue.", "It is small."]
     enc = pm.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     assert pm.tokenizer(texts, padding="longest", return_tensors="pt").input_ids.shape[1] < 77
     with torch.no_grad():
-        ref = _features(pm.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask))
-        torch.testing.assert_close(pm.text_embeds(texts), torch.nn.functional.normalize(ref, dim=-1))
+        ref = torch.nn.functional.normalize(_features(pm.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask)), dim=-1)
+        frozen = pm.text_embeds(texts)
+    assert torch.equal(frozen, ref)
+    pm.model.text_model.requires_grad_(True)
+    training = pm.text_embeds(texts)
+    assert training.requires_grad
+    torch.testing.assert_close(training.detach(), ref)
