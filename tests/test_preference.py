@@ -99,8 +99,8 @@ def test_sd15_denscore_through_papermill_from_local_files(tmp_path):
                                                                    batch_size=4, overrides={"clip_h": str(clip_h)}, output_dir=str(run)))
     # PickScore's recipe, with the notebook's steps and batch in place of its 4,000 and 128
     cfg = json.loads((run / "config.json").read_text())["settings"]["preference"]
-    assert (cfg["steps"], cfg["batch_size"], cfg["lr"], cfg["warmup_steps"], cfg["lr_scheduler"], cfg["loss"]) == \
-        (2, 4, 3e-6, 500, "constant_with_warmup", "seg-o")
+    assert (cfg["steps"], cfg["batch_size"], cfg["lr"], cfg["weight_decay"], cfg["warmup_steps"], cfg["lr_scheduler"], cfg["loss"]) == \
+        (2, 4, 3e-6, 0.3, 500, "linear", "seg-o")
     m = pd.read_csv(run / "metrics.csv")
     assert m[m.name == "loss"].step.max() == 2 and m[m.name == "skipped_rows"].value.max() == 0
     # saved like the released Denscore: plain from_pretrained loads it; it differs from the base it started from
