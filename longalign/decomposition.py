@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import retrieval_recall
 from .preference import RunningDirection, batch_common_direction, common_direction, decompose, reweight
 
 _all_ = ["common_direction", "decompose", "reweight", "batch_common_direction", "RunningDirection"]
