@@ -19,7 +19,8 @@ __all__ = ['ROLES', 'PRESETS', 'checkpoint_hooks', 'ModelRef', 'Preset', 'get_pr
            'hub_reachable', 'load_role', 'default_device', 'default_dtype', 'default_mixed_precision',
            'package_versions', 'run_record', 'TextAdapter', 'FeatureStats', 'frechet_distance', 'fid_from_features',
            'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult',
-           'trainable_state_dict', 'list_checkpoints', 'fit', 'read_prompts']
+           'trainable_state_dict', 'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note', 'fit',
+           'read_prompts']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -190,8 +191,9 @@ def load_role(
 
 def _hub_file(preset, role, ref):
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
     try: return Path(hf_hub_download(ref.id, ref.filename, subfolder=ref.subfolder, local_files_only=True))
-    except Exception: pass
+    except LocalEntryNotFoundError: pass   # not in the local cache: try the hub below
     if hub_offline() or not hub_reachable(): raise _unavailable(preset, role, ref, "not in the local cache and the hub is unreachable")
     try: return Path(hf_hub_download(ref.id, ref.filename, subfolder=ref.subfolder))
     except Exception as e: raise _unavailable(preset, role, ref, f"download failed: {e}") from e
@@ -495,6 +497,30 @@ def _truncate_metrics(path: Path, step: int):
     with open(tmp, "w", newline="") as f: csv.writer(f).writerows(keep)
     os.replace(tmp, path)
 
+# %% ../nbs/00_core.ipynb #c3730bd4
+@functools.lru_cache(maxsize=None)
+def _fd_stream(fd: int):
+    return open(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
+
+def progress_stream():
+    "Where progress goes: the terminal that started the process, also from inside a Jupyter kernel (never the notebook)."
+    # In an ipykernel, `sys.stderr` is the cell's captured stream and its `fileno()` the kernel process's original stderr
+    # (what the kernel echoes to its terminal); writing there directly shows in the terminal and stays out of the notebook.
+    try: return _fd_stream(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError): return sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+
+def progress_bar(iterable=None, **kwargs):
+    "A text `tqdm` bar on `progress_stream()` (never in a notebook's output); `kwargs` go to tqdm."
+    from tqdm.std import tqdm
+    stream = progress_stream()
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    kwargs.setdefault("file", stream); kwargs.setdefault("mininterval", 1.0 if tty else 30.0); kwargs.setdefault("dynamic_ncols", tty)
+    return tqdm(iterable, **kwargs)
+
+def progress_note(message: str):
+    "One line of progress (what is being built, where, how long it took) on `progress_stream()`."
+    print(message, file=progress_stream(), flush=True)
+
 # %% ../nbs/00_core.ipynb #751f257b
 def fit(
     model: nn.Module,                   # parameters to train have requires_grad=True
@@ -511,7 +537,6 @@ def fit(
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from torch.utils.data import default_collate
-    from tqdm.auto import tqdm
 
     cfg, collate = config, collate or default_collate
     out = Path(cfg.output_dir)
@@ -542,7 +567,7 @@ def fit(
     if cfg.log_with: acc.init_trackers(out.name, config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
 
     written = []
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (cfg.progress and acc.is_main_process), desc=out.name)
+    bar = progress_bar(total=cfg.max_steps, initial=start, disable=not (cfg.progress and acc.is_main_process), desc=out.name)
     model.train()
     for step in range(start, cfg.max_steps):
         idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_toyworld.ipynb #f44c23c6
 from __future__ import annotations
-import contextlib, fcntl, functools, gzip, hashlib, json, math, os, random, re, shutil, time
+import contextlib, errno, fcntl, functools, gzip, hashlib, json, math, os, random, re, shutil, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -14,19 +14,20 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .core import TextAdapter, TrainConfig, fit, retrieval_recall
+from .core import TextAdapter, TrainConfig, fit, progress_note, retrieval_recall
 
 # %% auto #0
-__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'ATTR_VALUES', 'CLIP_MEAN', 'CLIP_STD', 'ToyObject',
-           'Scene', 'WorldConfig', 'random_scene', 'scenes', 'optimal_background', 'background', 'render',
-           'background_distance', 'Fact', 'Caption', 'long_caption', 'short_caption', 'cache_root',
-           'clip_tokenizer_files', 'clip_tokenizer', 'token_lengths', 'facts_after_cut', 'config_hash', 'cached_build',
-           'entry_metrics', 'CellReader', 'to_cells', 'cell_labels', 'degrade', 'OracleConfig', 'Oracle', 'truth',
-           'oracle_score', 'oracle_accuracy', 'train_oracle', 'scene_to_json', 'scene_from_json', 'caption_to_json',
-           'caption_from_json', 'image_to_png', 'image_from_bytes', 'long_caption_dataset', 'PreferenceConfig',
-           'break_facts', 'facts_shown', 'preference_dataset', 'clip_pixels', 'fact_token_labels', 'train_t5_tokenizer',
-           'caption_before_cut', 'ZooConfig', 'vae_round_trip', 'alignment_by_cut', 'chance_by_cut', 'toy_pipeline',
-           'sample', 't5_states', 'quiet_loading', 'Zoo', 'build_zoo', 'zoo_cli']
+__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CACHE_FORMAT', 'ATTR_VALUES', 'CLIP_MEAN',
+           'CLIP_STD', 'ToyObject', 'Scene', 'WorldConfig', 'random_scene', 'scenes', 'optimal_background',
+           'background', 'render', 'background_distance', 'Fact', 'Caption', 'long_caption', 'short_caption',
+           'cache_root', 'clip_tokenizer_files', 'clip_tokenizer', 'token_lengths', 'facts_after_cut', 'config_hash',
+           'CacheError', 'entry_path', 'cached_build', 'entry_metrics', 'CellReader', 'to_cells', 'cell_labels',
+           'degrade', 'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy', 'train_oracle',
+           'scene_to_json', 'scene_from_json', 'caption_to_json', 'caption_from_json', 'image_to_png',
+           'image_from_bytes', 'long_caption_dataset', 'PreferenceConfig', 'break_facts', 'facts_shown',
+           'preference_dataset', 'clip_pixels', 'fact_token_labels', 'train_t5_tokenizer', 'caption_before_cut',
+           'ZooConfig', 'vae_round_trip', 'alignment_by_cut', 'chance_by_cut', 'toy_pipeline', 'sample', 't5_states',
+           'quiet_loading', 'Zoo', 'build_zoo', 'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -250,13 +251,31 @@ def config_hash(cfg: dict) -> str:
     "A short stable hash of a JSON-able config."
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+CACHE_FORMAT = 2   # raise it when a code change alters what a cached entry would hold: every entry is rebuilt
+
+class CacheError(OSError):
+    "The toy world's cache cannot be written (unwritable folder, full disk)."
+
+def _writable_root(root: Path) -> Path:
+    try:
+        (root / ".locks").mkdir(parents=True, exist_ok=True)
+        probe = root / ".locks" / f".probe-{os.getpid()}"
+        probe.write_bytes(b""); probe.unlink()
+    except OSError as e:
+        raise CacheError(f"the toy-world cache folder {root} cannot be written ({e.strerror or e}): set LONGALIGN_CACHE to a "
+                         f"writable folder with a few GB free, or pass cache_dir") from e
+    return root
+
+def entry_path(name: str, cfg: dict, cache_dir=None) -> Path:
+    "Where entry `name` for `cfg` lies (built or not): its config and the code's `CACHE_FORMAT` key it."
+    return cache_root(cache_dir) / f"{name}-{config_hash({'format': CACHE_FORMAT, 'config': cfg})}"
+
 def cached_build(name: str, cfg: dict, build, cache_dir=None) -> Path:
     """The folder of zoo entry `name` for `cfg`; runs `build(folder, work)` first unless a verified entry exists.
     `build` writes the entry's files into `folder`; `work` is a stable scratch folder (training checkpoints), so an
     interrupted build resumes where it stopped."""
-    root = cache_root(cache_dir)
-    entry = root / f"{name}-{config_hash(cfg)}"
-    (root / ".locks").mkdir(parents=True, exist_ok=True)
+    root = _writable_root(cache_root(cache_dir))
+    entry = entry_path(name, cfg, root)
     with open(root / ".locks" / f"{entry.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)          # one builder per entry; other processes wait, then find it built
         return _cached_build(entry, name, cfg, build, root)
@@ -266,16 +285,30 @@ def _cached_build(entry: Path, name: str, cfg: dict, build, root: Path) -> Path:
     if man.exists():
         files = json.loads(man.read_text())["files"]
         if all((entry / f).exists() and _sha256(entry / f) == h for f, h in files.items()): return entry
-        print(f"zoo entry {entry.name} is corrupt or incomplete: rebuilding it")
+        progress_note(f"toy-world entry {entry.name} is corrupt or incomplete: rebuilding it")
     if entry.exists(): shutil.rmtree(entry)
+    for old in root.glob(f".tmp-{entry.name}-*"): shutil.rmtree(old, ignore_errors=True)   # left by a killed build (we hold the lock)
     tmp = root / f".tmp-{entry.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     work = root / ".work" / entry.name
-    metrics = build(tmp, work) or {}
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / "manifest.json").write_text(json.dumps({"name": name, "config": cfg, "files": files, "metrics": metrics}, indent=2, default=str))
-    os.rename(tmp, entry)
+    resuming = work.exists()
+    progress_note(f"building toy-world entry {name} ({'resuming' if resuming else 'not in the cache yet'}: {entry})")
+    t0 = time.time()
+    try:
+        tmp.mkdir(parents=True)
+        metrics = build(tmp, work) or {}
+        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps({"name": name, "format": CACHE_FORMAT, "config": cfg, "files": files,
+                                                       "metrics": metrics}, indent=2, default=str))
+        os.rename(tmp, entry)
+    except BaseException as e:                      # Ctrl-C and full disks too: never leave a half-written entry
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise CacheError(f"the disk of {root} filled up while building {entry.name}: free some space or set LONGALIGN_CACHE "
+                             f"to a disk with room, then run again; the training checkpoints in {work} are kept, so the "
+                             f"build resumes where it stopped") from e
+        raise
     shutil.rmtree(work, ignore_errors=True)
+    progress_note(f"built {name} in {time.time() - t0:.0f} s")
     return entry
 
 def entry_metrics(entry: Path) -> dict:
@@ -1050,7 +1083,7 @@ def build_zoo(
         entries = {"vae": _build_vae(cfg, cache_dir, progress), "clip": _build_clip(cfg, cache_dir, progress),
                    "t5": _build_t5(cfg, cache_dir, progress), "unet": _build_unet(cfg, cache_dir, progress),
                    "t5_adapter": _build_adapter(cfg, cache_dir, progress)}
-    entries["oracle"] = cache_root(cache_dir) / f"oracle-{config_hash(asdict(cfg.oracle))}"
+    entries["oracle"] = entry_path("oracle", asdict(cfg.oracle), cache_dir)
     return Zoo(cfg, entries, cache_dir)
 
 # %% ../nbs/00a_toyworld.ipynb #c219f064
