@@ -1,9 +1,14 @@
 """Throughput, padding efficiency and peak memory of long-prompt encoders on a CLIP-L-sized text tower (random weights, CPU).
 
 Compared, on the same prompts of about 60, 120, 240 and 500 CLIP tokens:
-- `LongPromptEncoder` (all segments of all prompts sorted by length and packed into buckets);
-- `per-prompt loop`: the same encoder called once per prompt (no batching across prompts);
-- `compel` (`truncate_long_prompts=False`: 77-token windows, each with its own <sot>/<eot>/<pad>, one prompt at a time).
+- `LongPromptEncoder` (all segments of all prompts sorted by length and packed into buckets), called as the README does,
+  without `torch.no_grad()`, on a text tower whose weights require grad (as built from a config or `from_pretrained`):
+  `from_pipe` encoders run it without autograd;
+- `… recording a graph` (`text_grad=True`): the same call recording autograd through CLIP, as `encode` did on such
+  weights before issue 23;
+- `per-prompt loop`: the first encoder called once per prompt (no batching across prompts), under `torch.no_grad()`;
+- `compel` (`truncate_long_prompts=False`: 77-token windows, each with its own <sot>/<eot>/<pad>, one prompt at a time),
+  under `torch.no_grad()`.
 
 Throughput is measured in this one process with the methods interleaved over several rounds, and reported as ratios to
 compel, so machine noise hits all alike. Padding efficiency = the prompts' content tokens / token positions the text encoder
@@ -52,10 +57,17 @@ def text_encoder():
 
 
 def methods(tok, te, target_length):
-    ours = LongPromptEncoder(tok, te, target_length=target_length)
+    "Each method encodes a list of prompts and returns the token positions the text tower processed."
+    ours = LongPromptEncoder(tok, te, target_length=target_length, text_grad=False)    # what from_pipe builds
+    graph = LongPromptEncoder(tok, te, target_length=target_length, text_grad=True)
     def batched(prompts):
         ours.encode(prompts)
         return ours.stats["positions"]
+    def recording(prompts):
+        out = graph.encode(prompts)
+        assert out.prompt_embeds.requires_grad
+        return graph.stats["positions"]
+    @torch.no_grad()
     def loop(prompts):
         pos = 0
         for p in prompts:
@@ -63,9 +75,10 @@ def methods(tok, te, target_length):
         return pos
     from compel import Compel
     comp = Compel(tokenizer=tok, text_encoder=te, truncate_long_prompts=False)
+    @torch.no_grad()
     def compel(prompts):   # compel encodes one prompt at a time, in windows of 77 positions (padding to a common length is free)
         return sum(comp(p).shape[1] for p in prompts)
-    return {"LongPromptEncoder": batched, "per-prompt loop": loop, "compel": compel}
+    return {"LongPromptEncoder": batched, "… recording a graph": recording, "per-prompt loop": loop, "compel": compel}
 
 
 def _target(n):  # room for every segment's <sot>: no method may drop content
@@ -81,15 +94,14 @@ def _peak_worker(method, n, n_prompts, q):
     tok, te = clip_tokenizer(), text_encoder()
     prompts = [make_prompt(n, tok, random.Random(i)) for i in range(n_prompts)]
     fn = methods(tok, te, _target(n))[method]
-    with torch.no_grad():
-        fn(prompts[:2])                    # warm-up: <pad*>, lazy imports
-        gc.collect()
-        base, peak, done = _rss(), [0], threading.Event()
-        def sample():
-            while not done.is_set(): peak[0] = max(peak[0], _rss()); time.sleep(0.002)
-        t = threading.Thread(target=sample); t.start()
-        fn(prompts)
-        done.set(); t.join()
+    fn(prompts[:2])                        # warm-up: <pad*>, lazy imports
+    gc.collect()
+    base, peak, done = _rss(), [0], threading.Event()
+    def sample():
+        while not done.is_set(): peak[0] = max(peak[0], _rss()); time.sleep(0.002)
+    t = threading.Thread(target=sample); t.start()
+    fn(prompts)                            # a recorded graph lives until the call returns
+    done.set(); t.join()
     q.put((peak[0] - base) / 2**20)
 
 
@@ -104,11 +116,10 @@ def main(n_prompts=16, rounds=3, out=Path(__file__).parent / "results"):
         fns = methods(tok, te, _target(n))
         times = {m: [] for m in fns}
         positions = {}
-        with torch.no_grad():
-            for f in fns.values(): f(prompts[:2])        # warm-up
-            for r in range(rounds):
-                for m, f in (fns.items() if r % 2 == 0 else reversed(list(fns.items()))):
-                    t = time.perf_counter(); positions[m] = f(prompts); times[m].append(time.perf_counter() - t)
+        for f in fns.values(): f(prompts[:2])            # warm-up
+        for r in range(rounds):
+            for m, f in (fns.items() if r % 2 == 0 else reversed(list(fns.items()))):
+                t = time.perf_counter(); positions[m] = f(prompts); times[m].append(time.perf_counter() - t)
         ctx = mp.get_context("spawn")
         for m in fns:
             q = ctx.Queue(); p = ctx.Process(target=_peak_worker, args=(m, n, n_prompts, q)); p.start(); peak = q.get(); p.join()
@@ -135,7 +146,10 @@ def markdown(rows, meta):
            f"{r['padding efficiency']:.3f} | {r['peak MiB above model']:.0f} |" for r in rows]
     md.append(f"\n{meta['prompts']} prompts per length, median of {meta['rounds']} interleaved rounds, {meta['threads']} CPU threads, "
               f"CLIP-L-sized text tower with random weights; sentences of "
-              f"{statistics.mean(r['mean sentence tokens'] for r in rows):.0f} tokens on average. `python bench/encoding.py`")
+              f"{statistics.mean(r['mean sentence tokens'] for r in rows):.0f} tokens on average. The two LongPromptEncoder rows "
+              f"are called in grad mode on weights that require grad: the first (what `from_pipe` builds) runs without "
+              f"autograd, the second records a graph (`text_grad=True`, what `encode` did before issue 23); the loop and "
+              f"compel run under `torch.no_grad()`. `python bench/encoding.py`")
     return "\n".join(md) + "\n"
 
 

@@ -13,8 +13,8 @@ from .core import get_preset, load_role
 
 # %% auto #0
 __all__ = ['ABBREVIATIONS', 'SOT', 'CONTENT', 'EOT', 'PAD', 'PAD_STAR', 'T5_TOKEN', 'TOKEN_TYPES', 'POLICIES', 'split_segments',
-           'group_segments', 'TokenPolicy', 'get_policy', 'pad_star_embedding', 'LongPromptEmbeds', 'LongPromptEncoder',
-           'load_pipeline', 'encoder_from_preset', 'cross_attention_maps']
+           'group_segments', 'TokenPolicy', 'get_policy', 'pad_star_embedding', 'SegmentsDroppedWarning',
+           'LongPromptEmbeds', 'LongPromptEncoder', 'load_pipeline', 'encoder_from_preset', 'cross_attention_maps']
 
 # %% ../nbs/01_encoding.ipynb #cedc4795
 ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs etc e.g i.e cf al fig figs no approx ca inc ltd co mt a.m p.m u.s u.k".split())
@@ -99,14 +99,16 @@ def split_segments(
     if max_tokens < 1: raise ValueError(f"max_tokens={max_tokens} must be at least 1")
     return [p for s in sents for p in _fit(s, tokenizer, max_tokens)]
 
-def group_segments(segments: list[str], tokenizer, max_tokens: int | None = None) -> list[str]:
-    "Consecutive segments joined greedily while the group stays within `max_tokens` content tokens (the paper's 'multi')."
-    max_tokens = max_tokens or tokenizer.model_max_length - 2
+def _greedy_groups(segments: list[str], tokenizer, max_tokens: int) -> list[list[str]]:
     out = []
     for s in segments:
-        if out and _n_tokens(tokenizer, out[-1] + " " + s) <= max_tokens: out[-1] = out[-1] + " " + s
-        else: out.append(s)
+        if out and _n_tokens(tokenizer, " ".join(out[-1] + [s])) <= max_tokens: out[-1].append(s)
+        else: out.append([s])
     return out
+
+def group_segments(segments: list[str], tokenizer, max_tokens: int | None = None) -> list[str]:
+    "Consecutive segments joined greedily while the group stays within `max_tokens` content tokens (the paper's 'multi')."
+    return [" ".join(g) for g in _greedy_groups(segments, tokenizer, max_tokens or tokenizer.model_max_length - 2)]
 
 # %% ../nbs/01_encoding.ipynb #2307617f
 SOT, CONTENT, EOT, PAD, PAD_STAR, T5_TOKEN = range(6)
@@ -160,6 +162,11 @@ def pad_star_embedding(
     raise ValueError(f"pad_star={kind!r}: choose 'official' or 'mean-pad'")
 
 # %% ../nbs/01_encoding.ipynb #8132c2e6
+class SegmentsDroppedWarning(UserWarning):
+    "Text that did not fit in the encoder's positions and was not encoded (issued on every call that drops text)."
+
+warnings.filterwarnings("always", category=SegmentsDroppedWarning, append=True)   # every call, even for the same prompt
+
 @dataclass
 class LongPromptEmbeds:
     "Encoded prompts: what the UNet sees, and where every token came from."
@@ -169,8 +176,9 @@ class LongPromptEmbeds:
     token_types: torch.Tensor               # (n, length) indices into `TOKEN_TYPES`
     token_ids: torch.Tensor                 # (n, length) the CLIP token id behind each position; -1 for <pad*> and T5
     spans: list                             # per prompt, per encoded segment: (start, end) positions in `prompt_embeds`
-    segments: list                          # per prompt: the encoded segments' texts
-    dropped: list                           # per prompt: segments dropped to fit `target_length` (robust mode)
+    segments: list                          # per prompt: the encoded segments' texts (after packing, if any)
+    dropped: list                           # per prompt: segments left out to fit `target_length`
+    dropped_tokens: list                    # per prompt: content tokens that were not encoded (0: the whole prompt is in)
 
     def to_pipeline_kwargs(self) -> dict:
         "Keyword arguments for a diffusers `StableDiffusionPipeline` call."
@@ -186,6 +194,22 @@ def _prompt_list(prompt, name: str) -> list[str]:
         if not isinstance(p, str): raise TypeError(f"{name}[{i}] is a {type(p).__name__} ({p!r:.40}): every prompt must be a str")
     return list(prompt)
 
+@dataclass
+class _Plan:
+    "One text's layout, decided from token counts before the text encoder runs."
+    segments: list          # every segment of the text (packed if it had to be)
+    ids: list               # their token ids, <sot> ... <eot> (compat: cut at the tokenizer's limit)
+    rows: list              # positions each segment occupies under the policy
+    n_kept: int             # segments encoded (compat: the last one may be cut)
+    dropped_tokens: int     # content tokens not encoded
+    packed: bool = False    # sentences regrouped greedily to fit
+
+    @property
+    def needed(self) -> int: return sum(self.rows)     # the target_length that would hold the whole text
+
+def _n_sentences(segments: list[str]) -> int:
+    return sum(max(1, len(split_segments(s))) for s in segments)
+
 class LongPromptEncoder:
     "Segment-level encoding of long prompts for a Stable Diffusion UNet (paper §3.1, App. A), optionally with T5 (§5.3)."
     def __init__(
@@ -200,6 +224,8 @@ class LongPromptEncoder:
         t5=None, t5_tokenizer=None, t5_adapter=None,  # a `T5EncoderModel`, its tokenizer and a `core.TextAdapter`
         t5_length: int = 240,               # T5 tokens (padded); the official code uses 240
         max_batch_tokens: int = 77 * 64,    # token positions per text-encoder call
+        overflow: str = "pack",             # text over `target_length`: 'pack' sentences greedily, then warn; 'warn'; 'raise'
+        text_grad: bool | None = None,      # autograd through CLIP and T5: None = only through a trainable tower (see below)
     ):
         if mode not in ("robust", "compat"): raise ValueError(f"mode={mode!r}: choose 'robust' or 'compat'")
         if encoders not in ("clip-cat", "t5-mlp", "clip+t5"):
@@ -212,38 +238,112 @@ class LongPromptEncoder:
             raise ValueError(f"target_length={target_length} is shorter than one segment ({tokenizer.model_max_length} "
                              f"tokens): robust mode drops whole segments, so use target_length >= {tokenizer.model_max_length}")
         if pad_star not in ("official", "mean-pad"): raise ValueError(f"pad_star={pad_star!r}: choose 'official' or 'mean-pad'")
+        if overflow not in ("pack", "warn", "raise"): raise ValueError(f"overflow={overflow!r}: choose 'pack', 'warn' or 'raise'")
+        if text_grad not in (None, True, False): raise ValueError(f"text_grad={text_grad!r}: give None (automatic), True or False")
         self.tokenizer, self.text_encoder, self.target_length = tokenizer, text_encoder, target_length
         self.policy, self.pad_star, self.mode, self.encoders = get_policy(policy), pad_star, mode, encoders
         self.t5, self.t5_tokenizer, self.t5_adapter, self.t5_length = t5, t5_tokenizer, t5_adapter, t5_length
-        self.max_batch_tokens, self._pad_star, self._warned = max_batch_tokens, None, set()
-        self.stats = {}     # the last call's work: segments, content tokens, positions the text encoder processed, calls
+        self.max_batch_tokens, self.overflow, self.text_grad = max_batch_tokens, overflow, text_grad
+        self._pad_star = {}     # (device, dtype, weights' version) -> <pad*> of a frozen text tower
+        self.stats = {}         # the last call's work: segments, content tokens, positions the text encoder processed, calls
 
     @classmethod
     def from_pipe(cls, pipe, **kwargs) -> "LongPromptEncoder":
-        "An encoder over a diffusers pipeline's tokenizer and text encoder."
-        return cls(pipe.tokenizer, pipe.text_encoder, **kwargs)
+        "An encoder over a diffusers pipeline's tokenizer and text encoder, for inference (`text_grad=False` unless given)."
+        return cls(pipe.tokenizer, pipe.text_encoder, **{"text_grad": False, **kwargs})
 
     def config(self) -> dict:
         "What a saved run must record to encode the same way."
         p = self.policy
         return {"target_length": self.target_length, "policy": {"sot": p.sot, "eot": p.eot, "pad": p.pad, "grouping": p.grouping},
-                "pad_star": self.pad_star, "mode": self.mode, "encoders": self.encoders, "t5_length": self.t5_length}
+                "pad_star": self.pad_star, "mode": self.mode, "encoders": self.encoders, "t5_length": self.t5_length,
+                "overflow": self.overflow}
 
     def segments(self, text: str) -> list[str]:
-        "The segments `text` is encoded as (one empty segment for text without content)."
-        if self.mode == "compat": return split_segments(text, "compat")
-        segs = split_segments(text, "robust", self.tokenizer)
-        if self.policy.grouping == "greedy": segs = group_segments(segs, self.tokenizer)
-        return segs or [""]
+        "The segments `text` is encoded as, dropped ones included (one empty segment for text without content)."
+        return self._plan(text).segments
+
+    def _segment_rows(self, ids: list[int], first: bool) -> int:
+        "Positions a segment with token ids `ids` (<sot> ... <eot>) occupies in the concatenation under the policy."
+        if self.mode == "compat": return sum(t not in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) for t in ids)
+        pol, n = self.policy, len(ids)
+        sot = pol.sot in ("keep", "replace") or (pol.sot == "first" and first)
+        pads = self.tokenizer.model_max_length - n if pol.pad == "keep" else 0
+        return int(sot) + (n - 2) + int(pol.eot != "remove") + pads
+
+    def _plan(self, text: str) -> _Plan:
+        "Segments, their token ids and positions, and what fits in `target_length` (packing if allowed)."
+        tok, limit, T = self.tokenizer, self.tokenizer.model_max_length, self.target_length
+        def layout(segs):
+            ids = tok(segs, verbose=False).input_ids
+            return ids, [self._segment_rows(i, j == 0) for j, i in enumerate(ids)]
+        if self.mode == "compat":   # the official code: every segment cut at 77 tokens, the concatenation cut at T
+            segs = split_segments(text, "compat")
+            full = tok(segs, verbose=False).input_ids
+            ids = [i if len(i) <= limit else i[:limit - 1] + i[-1:] for i in full]   # the tokenizer's truncation
+            rows = [self._segment_rows(i, j == 0) for j, i in enumerate(ids)]
+            lost, pos, n_kept = sum(len(f) - len(i) for f, i in zip(full, ids)), 0, 0
+            for i, r in zip(ids, rows):
+                content = r - 1                             # the segment's <sot> is its first kept position
+                if pos < T: n_kept += 1; lost += max(0, content - max(0, T - pos - 1))
+                else: lost += content
+                pos += r
+            return _Plan(segs, ids, rows, n_kept, lost)
+        sents = split_segments(text, "robust", tok) or [""]
+        groups = _greedy_groups(sents, tok, limit - 2)                      # consecutive sentences under one segment's limit
+        greedy = self.policy.grouping == "greedy"
+        segs = [" ".join(g) for g in groups] if greedy else sents
+        ids, rows = layout(segs)
+        packed = not greedy and sum(rows) > T and self.overflow == "pack" and len(groups) < len(sents)
+        if packed: segs = [" ".join(g) for g in groups]; ids, rows = layout(segs)
+        n_kept, pos = 0, 0
+        while n_kept < len(rows) and pos + rows[n_kept] <= T: pos += rows[n_kept]; n_kept += 1   # whole segments only
+        if self.overflow == "pack" and (greedy or packed) and n_kept < len(segs):
+            members = groups[n_kept]        # the room left takes the longest run of the next group's sentences that fits
+            for j in range(len(members) - 1, 0, -1):
+                head = " ".join(members[:j])
+                head_ids = tok(head, verbose=False).input_ids
+                if pos + self._segment_rows(head_ids, n_kept == 0) <= T:
+                    tail = " ".join(members[j:])
+                    segs = segs[:n_kept] + [head, tail] + segs[n_kept + 1:]
+                    ids, rows = layout(segs); n_kept += 1
+                    break
+        return _Plan(segs, ids, rows, n_kept, sum(len(i) - 2 for i in ids[n_kept:]), packed)
+
+    def _check_fit(self, plans: list[_Plan], labels: list[str]):
+        "Raise (`overflow='raise'`) or warn, on every call, about every text that lost content to `target_length`."
+        bad = [(label, p) for label, p in zip(labels, plans) if p.dropped_tokens]
+        if not bad: return
+        unit = "segment" if self.mode == "compat" else "sentence"
+        pol = next((k for k, v in POLICIES.items() if v == self.policy), self.policy)
+        n_units = (lambda segs: len(segs)) if self.mode == "compat" else _n_sentences
+        what = "; ".join(f"{label} lost {n_units(p.segments[p.n_kept:])} of {n_units(p.segments)} {unit}s and "
+                         f"{p.dropped_tokens} content tokens (it needs target_length >= {p.needed})"
+                         for label, p in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        fix = ("raise target_length, use mode='robust' (it splits sentences over 77 tokens instead of cutting them)"
+               if self.mode == "compat" else "raise target_length" if self.overflow == "pack" else
+               "raise target_length, use overflow='pack' or the policy 'multi' (sentences grouped under one segment's limit)")
+        msg = (f"LongPromptEncoder(target_length={self.target_length}, policy={pol!r}, mode={self.mode!r}) left text out: "
+               f"{what}. To keep everything, {fix} or "
+               f"shorten the text; the segments left out are in `.dropped`.")
+        if self.overflow == "raise": raise ValueError(msg)
+        warnings.warn(msg, SegmentsDroppedWarning, stacklevel=3)
+
+    def _tower_grad(self, tower) -> bool:
+        "Whether `encode` records autograd through a text tower: grad mode on, and `text_grad` or the tower trainable."
+        if not torch.is_grad_enabled(): return False
+        if self.text_grad is not None: return self.text_grad
+        return tower.training and any(p.requires_grad for p in tower.parameters())
 
     def pad_star_embedding(self) -> torch.Tensor:
-        "`<pad*>` (cached while the text encoder is frozen)."
-        frozen = not any(p.requires_grad for p in self.text_encoder.parameters())
-        if self._pad_star is None or not frozen:
-            emb = pad_star_embedding(self.tokenizer, self.text_encoder, self.pad_star)
-            if not frozen: return emb
-            self._pad_star = emb
-        return self._pad_star
+        "`<pad*>`: computed once per device, dtype and weights of a frozen tower; recomputed (with its graph) for a trainable one."
+        te = self.text_encoder
+        if self._tower_grad(te): return pad_star_embedding(self.tokenizer, te, self.pad_star)
+        p = next(te.parameters())
+        key = (p.device, p.dtype, sum(q._version for q in te.parameters()))   # in-place weight changes bump `_version`
+        if key not in self._pad_star:
+            with torch.no_grad(): self._pad_star = {key: pad_star_embedding(self.tokenizer, te, self.pad_star)}
+        return self._pad_star[key]
 
     def _run(self, ids: list[list[int]], pad_to: int | None) -> list[torch.Tensor]:
         "Hidden states of each token sequence; sequences sorted by length and packed into buckets that waste few positions."
@@ -258,32 +358,32 @@ class LongPromptEncoder:
         if cur: buckets.append(cur)
         out, dev, pad_id = [None] * len(ids), self.text_encoder.device, self.tokenizer.pad_token_id
         positions = 0
-        for b in buckets:
-            n = pad_to or max(len(ids[i]) for i in b)
-            x = torch.full((len(b), n), pad_id, dtype=torch.long)
-            for r, i in enumerate(b): x[r, :len(ids[i])] = torch.tensor(ids[i])
-            h = _hidden(self.text_encoder, x.to(dev))
-            for r, i in enumerate(b): out[i] = h[r]
-            positions += x.numel()
+        with torch.set_grad_enabled(self._tower_grad(self.text_encoder)):
+            for b in buckets:
+                n = pad_to or max(len(ids[i]) for i in b)
+                x = torch.full((len(b), n), pad_id, dtype=torch.long)
+                for r, i in enumerate(b): x[r, :len(ids[i])] = torch.tensor(ids[i])
+                h = _hidden(self.text_encoder, x.to(dev))
+                for r, i in enumerate(b): out[i] = h[r]
+                positions += x.numel()
         self.stats.update(calls=len(buckets), positions=positions)
         return out
 
-    def _clip(self, texts: list[str]) -> tuple:
-        tok, pol, compat = self.tokenizer, self.policy, self.mode == "compat"
-        segs = [self.segments(t) for t in texts]
-        flat = [s for ss in segs for s in ss]
+    def _clip(self, texts: list[str], plans: list[_Plan] | None = None) -> tuple:
+        tok, pol, compat, T = self.tokenizer, self.policy, self.mode == "compat", self.target_length
+        plans = plans or [self._plan(t) for t in texts]
         limit = tok.model_max_length
-        ids = tok(flat, truncation=compat, max_length=limit if compat else None, verbose=False).input_ids
-        if not compat and (bad := [s for s, i in zip(flat, ids) if len(i) > limit]):   # the splitter guarantees this
-            raise ValueError(f"segment of {len(tok(bad[0]).input_ids)} tokens exceeds {limit}: {bad[0]!r:.80}")
+        ids = [i for p in plans for i in p.ids[:p.n_kept]]                  # only what will be used goes through CLIP
+        if not compat and (bad := [i for i in ids if len(i) > limit]):      # the splitter guarantees this
+            raise ValueError(f"segment of {len(bad[0])} tokens exceeds {limit}: {tok.decode(bad[0][1:-1])!r:.80}")
         hidden = self._run(ids, pad_to=limit if pol.pad == "keep" and not compat else None)
-        self.stats.update(segments=len(flat), content_tokens=sum(len(i) - 2 for i in ids))
+        self.stats.update(segments=len(ids), content_tokens=sum(len(i) - 2 for i in ids))
         pstar = self.pad_star_embedding()
         drop_ids = {tok.pad_token_id, tok.eos_token_id}
-        embeds, types, all_ids, spans, kept, dropped, k = [], [], [], [], [], [], 0
-        for ss in segs:
+        embeds, types, all_ids, spans, k = [], [], [], [], 0
+        for plan in plans:
             rows, tys, tids, sp = [], [], [], []
-            for j, s in enumerate(ss):
+            for j in range(plan.n_kept):
                 i, h = ids[k], hidden[k]; k += 1
                 if compat:    # the official code: keep every position whose id is neither <pad> nor <eot>
                     pos = [p for p, t in enumerate(i) if t not in drop_ids]
@@ -300,44 +400,49 @@ class LongPromptEncoder:
                     if pol.pad == "keep":
                         for p in range(n, len(h)): add(h[p], PAD, tok.pad_token_id)
                 sp.append((len(rows), len(rows) + len(seg_rows))); rows += seg_rows; tys += seg_types; tids += seg_ids
-            n_seg = len(ss)
-            if len(rows) > self.target_length:
-                if compat: rows, tys, tids = rows[:self.target_length], tys[:self.target_length], tids[:self.target_length]  # cut mid-segment, as the official code
-                else:
-                    while sp[-1][1] > self.target_length: sp.pop()                       # drop whole segments
-                    rows, tys, tids = rows[:sp[-1][1]], tys[:sp[-1][1]], tids[:sp[-1][1]]
-                sp = [(a, min(b, self.target_length)) for a, b in sp if a < self.target_length]
-                n_seg = len(sp)
-            kept.append(ss[:n_seg]); dropped.append(ss[n_seg:])
-            n_pad = self.target_length - len(rows)
+            if compat and len(rows) > T:     # cut mid-segment, as the official code
+                rows, tys, tids = rows[:T], tys[:T], tids[:T]
+                sp = [(a, min(b, T)) for a, b in sp if a < T]
+            assert len(rows) <= T and len(sp) == plan.n_kept, "the plan and the encoding disagree"
+            n_pad = T - len(rows)
             embeds.append(torch.stack(rows + [pstar] * n_pad)); types.append(tys + [PAD_STAR] * n_pad); spans.append(sp)
             all_ids.append(tids + [-1] * n_pad)
         types = torch.tensor(types)
+        kept = [p.segments[:p.n_kept] for p in plans]
+        dropped = [p.segments[p.n_kept:] for p in plans]
         return torch.stack(embeds), (types != PAD_STAR).long(), types, torch.tensor(all_ids), spans, kept, dropped
 
-    def _t5(self, texts: list[str]) -> tuple:
+    def _t5(self, texts: list[str], labels: list[str]) -> tuple:
         """T5 on the whole caption -> adapter. Robust: T5 sees an attention mask (its states do not depend on the padding);
         compat: no mask, as the official code. Both keep all `t5_length` positions (the UNet was trained on them)."""
         tok = self.t5_tokenizer
         enc = tok(texts, max_length=self.t5_length, padding="max_length", truncation=True, return_tensors="pt")
         if self.mode == "robust":
-            long = [t for t in texts if len(tok(t, verbose=False).input_ids) > self.t5_length]
-            if long: self._warn("t5", f"{len(long)} prompt(s) exceed t5_length={self.t5_length} T5 tokens and were cut for the T5 branch")
+            long = [(label, n) for label, t in zip(labels, texts) if (n := len(tok(t, verbose=False).input_ids)) > self.t5_length]
+            if long: warnings.warn(f"LongPromptEncoder: {len(long)} texts exceed t5_length={self.t5_length} T5 tokens and were cut "
+                                   f"for the T5 branch (their CLIP segments are whole): " +
+                                   ", ".join(f"{label} has {n}" for label, n in long[:5]), SegmentsDroppedWarning, stacklevel=3)
         dev = self.t5.device
         mask = enc.attention_mask.to(dev)
-        h = self.t5(input_ids=enc.input_ids.to(dev), attention_mask=None if self.mode == "compat" else mask).last_hidden_state
+        with torch.set_grad_enabled(self._tower_grad(self.t5)):
+            h = self.t5(input_ids=enc.input_ids.to(dev), attention_mask=None if self.mode == "compat" else mask).last_hidden_state
         return self.adapt(h), enc.attention_mask, torch.full(enc.input_ids.shape, T5_TOKEN)
 
     def adapt(self, t5_hidden: torch.Tensor) -> torch.Tensor:
-        "The T5 adapter on T5 hidden states (the adapter's dtype)."
-        return self.t5_adapter(t5_hidden.to(next(self.t5_adapter.parameters()).dtype))
+        "The T5 adapter on T5 hidden states (the adapter's dtype), with autograd while it has parameters that require grad."
+        params = list(self.t5_adapter.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return self.t5_adapter(t5_hidden.to(params[0].dtype))
 
     def frozen_parts(self, prompts: list[str]) -> dict:
         """What SFT may cache per prompt: `clip` (segment CLIP embeddings) and `t5` (T5 hidden states, before the adapter,
         which trains). `from_parts` turns them into the `prompt_embeds` of `encode`."""
         prompts, out = _prompt_list(prompts, "prompts"), {}
         with torch.no_grad():
-            if self.encoders != "t5-mlp": out["clip"] = self._clip(prompts)[0]
+            if self.encoders != "t5-mlp":
+                plans = [self._plan(t) for t in prompts]
+                self._check_fit(plans, [f"prompts[{i}]" for i in range(len(prompts))])
+                out["clip"] = self._clip(prompts, plans)[0]
             if "t5" in self.encoders:
                 enc = self.t5_tokenizer(prompts, max_length=self.t5_length, padding="max_length", truncation=True, return_tensors="pt")
                 dev = self.t5.device
@@ -349,9 +454,6 @@ class LongPromptEncoder:
         "`prompt_embeds` from `frozen_parts` (the adapter applied with gradients)."
         embs = ([parts["clip"]] if "clip" in parts else []) + ([self.adapt(parts["t5"])] if "t5" in parts else [])
         return torch.cat([e.to(embs[0].dtype) for e in embs], 1)
-
-    def _warn(self, key, msg):
-        if key not in self._warned: self._warned.add(key); warnings.warn(f"LongPromptEncoder: {msg} (warned once)")
 
     def encode(
         self,
@@ -365,23 +467,25 @@ class LongPromptEncoder:
         if len(negs) != len(prompts):
             raise ValueError(f"negative_prompt has {len(negs)} entries for {len(prompts)} prompts: give one or one per prompt")
         uniq = list(dict.fromkeys(negs))
-        texts = prompts + uniq
+        texts, n = prompts + uniq, len(prompts)
+        labels = [f"prompt[{i}]" for i in range(n)] + [f"negative_prompt {t!r:.30}" for t in uniq]
         parts = []
-        if self.encoders != "t5-mlp": parts.append(self._clip(texts))
-        else: self.stats = {}
+        if self.encoders != "t5-mlp":
+            plans = [self._plan(t) for t in texts]
+            self._check_fit(plans, labels)                  # before any model work: 'raise' costs nothing
+            parts.append(self._clip(texts, plans))
+            dropped_tokens = [p.dropped_tokens for p in plans]
+        else: self.stats, dropped_tokens = {}, [0] * len(texts)
         if "t5" in self.encoders:
-            e, m, t = self._t5(texts)
+            e, m, t = self._t5(texts, labels)
             parts.append((e, m, t, torch.full(t.shape, -1), [[] for _ in texts], [[] for _ in texts], [[] for _ in texts]))
         dtype = parts[0][0].dtype
         emb = torch.cat([p[0].to(dtype) for p in parts], 1)
         mask, types, tids = (torch.cat([p[k] for p in parts], 1) for k in (1, 2, 3))
         spans, kept, dropped = parts[0][4], parts[0][5], parts[0][6]
-        n = len(prompts)
-        if self.mode == "robust" and any(dropped[:n]):
-            self._warn("clip", f"{sum(map(bool, dropped[:n]))} prompt(s) exceed target_length={self.target_length}; "
-                               "whole segments were dropped (see .dropped)")
         neg_idx = torch.tensor([n + uniq.index(x) for x in negs])
-        return LongPromptEmbeds(emb[:n], emb[neg_idx], mask[:n], types[:n], tids[:n], spans[:n], kept[:n], dropped[:n])
+        return LongPromptEmbeds(emb[:n], emb[neg_idx], mask[:n], types[:n], tids[:n], spans[:n], kept[:n], dropped[:n],
+                                dropped_tokens[:n])
 
     __call__ = encode
 

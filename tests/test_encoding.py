@@ -8,8 +8,8 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from longalign.core import TextAdapter
-from longalign.encoding import (CONTENT, PAD_STAR, POLICIES, SOT, T5_TOKEN, LongPromptEncoder, pad_star_embedding,
-                                split_segments)
+from longalign.encoding import (CONTENT, PAD_STAR, POLICIES, SOT, T5_TOKEN, LongPromptEncoder, SegmentsDroppedWarning,
+                                pad_star_embedding, split_segments)
 from longalign.toyworld import clip_tokenizer
 
 CAPTIONS = [
@@ -103,20 +103,105 @@ def test_bucketing_does_not_change_embeddings(tok, te):
 
 
 def test_robust_keeps_whole_segments_and_reports_dropped(tok, te):
-    enc = LongPromptEncoder(tok, te)
+    enc = LongPromptEncoder(tok, te, overflow="warn")
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = enc.encode(CAPTIONS)
         enc.encode(CAPTIONS)
-    assert sum("exceed target_length" in str(w.message) for w in caught) == 1
+    msgs = [str(w.message) for w in caught if issubclass(w.category, SegmentsDroppedWarning)]
+    assert len(msgs) == 2                                   # every call, not once per encoder
     kept, dropped = out.segments[5], out.dropped[5]
     assert kept + dropped == split_segments(CAPTIONS[5], tokenizer=tok)
     assert out.spans[5][-1][1] <= 240 and len(out.spans[5]) == len(kept)
     # the next segment would not have fitted
     assert out.spans[5][-1][1] + len(tok(dropped[0]).input_ids) - 1 > 240
+    n_tok = sum(len(tok(s).input_ids) - 2 for s in dropped)
+    assert out.dropped_tokens == [0, 0, 0, 0, 0, n_tok]
+    assert f"prompt[5] lost {len(dropped)} of 60 sentences and {n_tok} content tokens" in msgs[0]
     # the over-long sentence was split, not cut: every word is encoded
     words = " ".join(out.segments[2]).split()
     assert words == CAPTIONS[2].split()
+
+
+FIVE = {"short": "A red circle. It is small. A blue square. It is large. The sky is grey.",       # 20 content tokens
+        "long": " ".join(f"In the {w} corner of the picture there is a {c} {s} that is {z} and slightly tilted."
+                         for w, c, s, z in (("top left", "red", "circle", "small"), ("top right", "blue", "square", "large"),
+                                            ("bottom left", "green", "triangle", "tiny"), ("bottom right", "grey", "star", "huge"),
+                                            ("middle", "pink", "heart", "medium")))}   # ≈ 100 content tokens
+
+
+def content_ids(tok, sentences):
+    return [t for s in sentences for t in tok(s, add_special_tokens=False).input_ids]
+
+
+@pytest.mark.parametrize("overflow", ["pack", "warn", "raise"])
+def test_every_policy_keeps_or_reports_every_sentence(tok, te, overflow):
+    """Five sentences, every policy, 77 and 240 positions: either every content token is encoded, in order, or the call
+    warns (or raises) with the number of sentences and content tokens left out, and `.dropped` holds exactly those."""
+    fits = {}
+    for (kind, text), name, length in ((k, n, t) for k in FIVE.items() for n in POLICIES for t in (77, 240)):
+        sents = split_segments(text, tokenizer=tok)
+        assert len(sents) == 5
+        enc = LongPromptEncoder(tok, te, target_length=length, policy=name, overflow=overflow)
+        whole = content_ids(tok, sents)
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try: out = enc.encode(text)
+            except ValueError as err: out, raised = None, str(err)
+            else: raised = None
+        msgs = [str(w.message) for w in caught if issubclass(w.category, SegmentsDroppedWarning)]
+        if out is not None and not out.dropped[0]:          # everything encoded: no report, no loss
+            assert not msgs and out.dropped_tokens == [0]
+            encoded = out.token_ids[0][out.token_types[0] == CONTENT].tolist()
+            assert encoded == whole, (kind, name, length)
+            fits[(kind, name, length)] = True
+            continue
+        fits[(kind, name, length)] = False
+        report = raised if overflow == "raise" else msgs[0]
+        assert overflow != "raise" or (raised and not msgs)
+        assert overflow == "raise" or len(msgs) == 1
+        if out is not None:
+            lost = content_ids(tok, out.dropped[0])
+            encoded = out.token_ids[0][out.token_types[0] == CONTENT].tolist()
+            assert encoded + lost == whole and out.dropped_tokens == [len(lost)]
+            n_lost = sum(len(split_segments(s)) for s in out.dropped[0])
+            assert f"prompt[0] lost {n_lost} of 5 sentences and {len(lost)} content tokens" in report
+        assert f"target_length={length}" in report and f"policy={name!r}" in report
+    # what each overflow mode changes: packing keeps every short prompt whole, and the long one wherever one 77-token
+    # segment's worth of positions is not the limit
+    short_fit = {(n, t): fits[("short", n, t)] for n in POLICIES for t in (77, 240)}
+    if overflow == "pack": assert all(short_fit.values())
+    else: assert [k for k, v in short_fit.items() if not v] == [("keep-all", 77), ("keep-all", 240)]
+    assert fits[("long", "paper", 240)] and not fits[("long", "paper", 77)]
+
+
+def test_packing_loses_least(tok, te):
+    """On 60 sentences, packing never encodes fewer content tokens than the policy's own layout, and what it leaves out
+    could not have fitted: the first sentence left out does not fit in the room left, even as a segment of its own."""
+    text = CAPTIONS[5]
+    for name in POLICIES:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", SegmentsDroppedWarning)
+            packed = LongPromptEncoder(tok, te, policy=name).encode(text)
+            plain = LongPromptEncoder(tok, te, policy=name, overflow="warn").encode(text)
+        assert 0 < packed.dropped_tokens[0] <= plain.dropped_tokens[0], name
+        n_segs = lambda o: len(o.segments[0]) + len(o.dropped[0])
+        if name != "multi": assert n_segs(packed) < n_segs(plain) == 60, name             # grouped
+        first_out = split_segments(packed.dropped[0][0])[0]
+        alone = LongPromptEncoder(tok, te, policy=name, overflow="warn", target_length=10_000)
+        with torch.no_grad(): cost = alone.encode(first_out).spans[0][-1][1]            # its positions as a segment
+        assert packed.spans[0][-1][1] + cost > 240, name
+
+
+def test_keep_all_packed_at_77_is_the_standard_encoding(tok, te):
+    """keep-all at 77 positions packs a short prompt's sentences into one segment: diffusers' own 77-token encoding."""
+    text = FIVE["short"]
+    ids = tok([text], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")                  # nothing is dropped, so nothing is reported
+        out = LongPromptEncoder(tok, te, target_length=77, policy="keep-all").encode(text)
+        torch.testing.assert_close(out.prompt_embeds[0], te(ids)[0][0], rtol=0, atol=0)
+    assert out.segments == [[text]] and out.token_ids[0].tolist() == ids[0].tolist()
 
 
 def test_pad_star_with_a_distinct_pad_id(tok, te):
@@ -190,10 +275,9 @@ def test_encoder_arguments_are_checked(tok, te):
     assert LongPromptEncoder(tok, te).encode_prompt("a.", do_classifier_free_guidance=False)[1] is None
 
 
-def test_sd15_code_path_with_local_weights(tmp_path, tok):
-    """The notebook's `preset='sd15'` path (load_pipeline + encoder_from_preset) on tiny random weights given as local paths."""
+def tiny_sd_parts(tok):
+    "A tiny SD-1.5-shaped stack with random weights, built from configs (so, like `from_pretrained` models, not frozen)."
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from longalign.encoding import encoder_from_preset, load_pipeline
     torch.manual_seed(0)
     te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407))
@@ -202,14 +286,71 @@ def test_sd15_code_path_with_local_weights(tmp_path, tok):
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4)
     vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+    return {"text_encoder": te, "tokenizer": tok, "unet": unet, "vae": vae, "scheduler": DDIMScheduler()}
+
+
+def test_from_pipe_encodes_without_autograd_and_computes_pad_star_once(tok):
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(**tiny_sd_parts(tok), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    te = pipe.text_encoder
+    assert te.training and all(p.requires_grad for p in te.parameters())        # not frozen, as built
+    empty = tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    calls = []
+    hook = te.register_forward_hook(lambda m, args, out: calls.append(args[0].clone()))
+    enc = LongPromptEncoder.from_pipe(pipe)
+    try:
+        outs = [enc.encode(["A red circle. It is small.", "A blue square."], negative_prompt="blurry.") for _ in range(3)]
+        pad_calls = [x for x in calls if x.shape == empty.shape and torch.equal(x, empty)]
+        assert len(pad_calls) == 1                                     # <pad*> once across three encodes
+        assert len(calls) == 1 + 3 * enc.stats["calls"]
+        for o in outs:
+            assert not o.prompt_embeds.requires_grad and not o.negative_prompt_embeds.requires_grad
+            assert o.prompt_embeds.grad_fn is None
+        torch.testing.assert_close(outs[0].prompt_embeds, outs[2].prompt_embeds)
+        with torch.no_grad(): pad_star = te(empty)[0][0, -60:].mean(0)
+        torch.testing.assert_close(outs[2].prompt_embeds[0, -1], pad_star)
+        # new weights (loaded in place) are a new <pad*>
+        bias = next(p for n, p in te.named_parameters() if n.endswith("final_layer_norm.bias"))   # the output's shift
+        with torch.no_grad(): bias.add_(1.0)
+        o = enc.encode("A red circle.")
+        assert len([x for x in calls if x.shape == empty.shape and torch.equal(x, empty)]) == 3   # recomputed (+ the hook's own call)
+        torch.testing.assert_close(o.prompt_embeds[0, -1], pad_star + 1.0)
+    finally: hook.remove()
+    # the same tower, asked for gradients: a graph through CLIP and <pad*>, recomputed each call
+    train = LongPromptEncoder.from_pipe(pipe, text_grad=True).encode("A red circle.")
+    assert train.prompt_embeds.requires_grad
+    assert LongPromptEncoder(tok, te).encode("A red circle.").prompt_embeds.requires_grad   # trainable tower: automatic
+    assert not LongPromptEncoder(tok, te.eval()).encode("A red circle.").prompt_embeds.requires_grad  # eval: inference
+
+
+def test_t5_adapter_stays_differentiable_when_the_towers_are_not(tok, te, t5_parts):
+    """SFT trains the T5 adapter: `encode` keeps its graph, and no gradient reaches the frozen T5 or CLIP."""
+    t5_tok, t5, adapter = t5_parts
+    adapter.zero_grad()
+    enc = LongPromptEncoder(tok, te, encoders="clip+t5", t5=t5, t5_tokenizer=t5_tok, t5_adapter=adapter, t5_length=40,
+                            text_grad=False)
+    out = enc.encode(["A red circle. It is small.", "A blue square."])
+    assert out.prompt_embeds.requires_grad
+    out.prompt_embeds[:, 240:].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.parameters() if p.dim() > 1)
+    assert all(p.grad is None for p in list(t5.parameters()) + list(te.parameters()))
+    adapter.requires_grad_(False)
+    try: assert not enc.encode("A red circle.").prompt_embeds.requires_grad
+    finally: adapter.requires_grad_(True); adapter.zero_grad()
+
+
+def test_sd15_code_path_with_local_weights(tmp_path, tok):
+    """The notebook's `preset='sd15'` path (load_pipeline + encoder_from_preset) on tiny random weights given as local paths."""
+    from longalign.encoding import encoder_from_preset, load_pipeline
     paths = {}
-    for role, obj in (("text_encoder", te), ("tokenizer", tok), ("unet", unet), ("vae", vae), ("scheduler", DDIMScheduler())):
+    for role, obj in tiny_sd_parts(tok).items():
         paths[role] = str(tmp_path / role)
         obj.save_pretrained(paths[role]) if hasattr(obj, "save_pretrained") else obj.save_config(paths[role])
     pipe = load_pipeline("sd15", overrides=paths)
     enc = encoder_from_preset("sd15", overrides=paths)
     assert enc.mode == "compat" and enc.target_length == 240 and type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
+    kw = enc.encode(["A red bicycle. A cat sleeps in its basket? " * 3] * 2).to_pipeline_kwargs()
+    assert not kw["prompt_embeds"].requires_grad            # from_pretrained models are in eval mode: inference
     with torch.no_grad():
-        kw = enc.encode(["A red bicycle. A cat sleeps in its basket? " * 3] * 2).to_pipeline_kwargs()
         img = pipe(**kw, num_inference_steps=2, height=16, width=16, output_type="pt").images
     assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
