@@ -12,9 +12,10 @@ import torch
 from .core import get_preset, load_role
 
 # %% auto #0
-__all__ = ['ABBREVIATIONS', 'SOT', 'CONTENT', 'EOT', 'PAD', 'PAD_STAR', 'T5_TOKEN', 'TOKEN_TYPES', 'POLICIES', 'split_segments',
-           'group_segments', 'TokenPolicy', 'get_policy', 'pad_star_embedding', 'SegmentsDroppedWarning',
-           'LongPromptEmbeds', 'LongPromptEncoder', 'load_pipeline', 'encoder_from_preset', 'cross_attention_maps']
+__all__ = ['ABBREVIATIONS', 'SOT', 'CONTENT', 'EOT', 'PAD', 'PAD_STAR', 'T5_TOKEN', 'TOKEN_TYPES', 'POLICIES', 'LAYERS',
+           'split_segments', 'group_segments', 'TokenPolicy', 'get_policy', 'pad_star_embedding',
+           'SegmentsDroppedWarning', 'LongPromptEmbeds', 'LongPromptEncoder', 'load_pipeline', 'encoder_from_preset',
+           'cross_attention_maps', 'tiny_sdxl_pipeline']
 
 # %% ../nbs/01_encoding.ipynb #cedc4795
 ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs etc e.g i.e cf al fig figs no approx ca inc ltd co mt a.m p.m u.s u.k".split())
@@ -144,17 +145,22 @@ def get_policy(policy: str | TokenPolicy) -> TokenPolicy:
     if policy not in POLICIES: raise ValueError(f"policy={policy!r} is not known; choose one of {sorted(POLICIES)} or a TokenPolicy")
     return POLICIES[policy]
 
-def _hidden(text_encoder, ids, attention_mask=None):
-    return text_encoder(ids, attention_mask=attention_mask)[0]
+LAYERS = ("last", "penultimate")
+
+def _tower_out(text_encoder, ids, layer: str = "last"):
+    "`(hidden, pooled)`: per-token states ('last': after the final norm, SD-1.5; 'penultimate': SDXL's) and the projected pooled vector (or None)."
+    out = text_encoder(ids, output_hidden_states=layer == "penultimate")
+    return out.last_hidden_state if layer == "last" else out.hidden_states[-2], getattr(out, "text_embeds", None)
 
 def pad_star_embedding(
     tokenizer, text_encoder,
     kind: str = "official",     # 'official': mean of the last 60 positions; 'mean-pad': mean of every position after <eot>
+    layer: str = "last",        # the hidden states the encoder uses: 'last' (SD-1.5) or 'penultimate' (SDXL)
 ) -> torch.Tensor:
     "`<pad*>`: one embedding (hidden size,) from the empty prompt's full-length encoding (no attention mask)."
     n = tokenizer.model_max_length
     ids = tokenizer([""], padding="max_length", max_length=n, return_tensors="pt").input_ids
-    h = _hidden(text_encoder, ids.to(text_encoder.device))[0]
+    h = _tower_out(text_encoder, ids.to(text_encoder.device), layer)[0][0]
     if kind == "official": return h[-60:].mean(0)
     if kind == "mean-pad":
         eot = int((ids[0] == tokenizer.eos_token_id).nonzero()[0])
@@ -179,10 +185,15 @@ class LongPromptEmbeds:
     segments: list                          # per prompt: the encoded segments' texts (after packing, if any)
     dropped: list                           # per prompt: segments left out to fit `target_length`
     dropped_tokens: list                    # per prompt: content tokens that were not encoded (0: the whole prompt is in)
+    pooled_prompt_embeds: torch.Tensor | None = None            # SDXL: (n, projection dim) from the second tower
+    negative_pooled_prompt_embeds: torch.Tensor | None = None   # SDXL: the negatives' pooled vectors
 
     def to_pipeline_kwargs(self) -> dict:
-        "Keyword arguments for a diffusers `StableDiffusionPipeline` call."
-        return {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
+        "Keyword arguments for a diffusers `StableDiffusionPipeline` (or, with the pooled vectors, `StableDiffusionXLPipeline`) call."
+        kw = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
+        if self.pooled_prompt_embeds is not None:
+            kw.update(pooled_prompt_embeds=self.pooled_prompt_embeds, negative_pooled_prompt_embeds=self.negative_pooled_prompt_embeds)
+        return kw
 
 def _prompt_list(prompt, name: str) -> list[str]:
     if prompt is None: raise TypeError(f"{name} is None: give a str or a list of str ('' is the unconditional prompt)")
@@ -226,6 +237,10 @@ class LongPromptEncoder:
         max_batch_tokens: int = 77 * 64,    # token positions per text-encoder call
         overflow: str = "pack",             # text over `target_length`: 'pack' sentences greedily, then warn; 'warn'; 'raise'
         text_grad: bool | None = None,      # autograd through CLIP and T5: None = only through a trainable tower (see below)
+        tokenizer_2=None, text_encoder_2=None,  # SDXL's second tower (OpenCLIP bigG, `CLIPTextModelWithProjection`) and tokenizer
+        layer: str | None = None,           # hidden states: 'last' (SD-1.5) or 'penultimate' (SDXL); None: 'penultimate' iff 2 towers
+        pooled: str = "truncate",           # SDXL's pooled vector: 'truncate' (the text cut at 77 tokens, as diffusers) or 'mean'
+        zero_negative: bool = False,        # negative_prompt=None gives zeros, not '' (SDXL's `force_zeros_for_empty_prompt`)
     ):
         if mode not in ("robust", "compat"): raise ValueError(f"mode={mode!r}: choose 'robust' or 'compat'")
         if encoders not in ("clip-cat", "t5-mlp", "clip+t5"):
@@ -240,24 +255,42 @@ class LongPromptEncoder:
         if pad_star not in ("official", "mean-pad"): raise ValueError(f"pad_star={pad_star!r}: choose 'official' or 'mean-pad'")
         if overflow not in ("pack", "warn", "raise"): raise ValueError(f"overflow={overflow!r}: choose 'pack', 'warn' or 'raise'")
         if text_grad not in (None, True, False): raise ValueError(f"text_grad={text_grad!r}: give None (automatic), True or False")
+        if (tokenizer_2 is None) != (text_encoder_2 is None): raise ValueError("give both tokenizer_2 and text_encoder_2, or neither")
+        layer = layer or ("penultimate" if text_encoder_2 is not None else "last")
+        if layer not in LAYERS: raise ValueError(f"layer={layer!r}: choose one of {LAYERS}")
+        if pooled not in ("truncate", "mean"): raise ValueError(f"pooled={pooled!r}: choose 'truncate' or 'mean'")
+        if text_encoder_2 is not None:
+            if encoders != "clip-cat": raise ValueError(f"encoders={encoders!r}: two CLIP towers (SDXL) work with 'clip-cat' only")
+            probe = "A photo of a cat, 3.5 m tall!"
+            if (tokenizer_2.model_max_length != tokenizer.model_max_length or
+                    tokenizer_2(probe).input_ids != tokenizer(probe).input_ids):
+                raise ValueError("tokenizer_2 does not split text as tokenizer does: the two towers' positions would not line "
+                                 "up (SDXL's two tokenizers share one BPE vocabulary and differ only in their <pad> id)")
         self.tokenizer, self.text_encoder, self.target_length = tokenizer, text_encoder, target_length
         self.policy, self.pad_star, self.mode, self.encoders = get_policy(policy), pad_star, mode, encoders
         self.t5, self.t5_tokenizer, self.t5_adapter, self.t5_length = t5, t5_tokenizer, t5_adapter, t5_length
         self.max_batch_tokens, self.overflow, self.text_grad = max_batch_tokens, overflow, text_grad
+        self.tokenizer_2, self.text_encoder_2, self.layer, self.pooled, self.zero_negative = (
+            tokenizer_2, text_encoder_2, layer, pooled, zero_negative)
+        self.towers = [(tokenizer, text_encoder)] + ([(tokenizer_2, text_encoder_2)] if text_encoder_2 is not None else [])
         self._pad_star = {}     # (device, dtype, weights' version) -> <pad*> of a frozen text tower
         self.stats = {}         # the last call's work: segments, content tokens, positions the text encoder processed, calls
 
     @classmethod
     def from_pipe(cls, pipe, **kwargs) -> "LongPromptEncoder":
-        "An encoder over a diffusers pipeline's tokenizer and text encoder, for inference (`text_grad=False` unless given)."
-        return cls(pipe.tokenizer, pipe.text_encoder, **{"text_grad": False, **kwargs})
+        "An encoder over an SD-1.5-family or SDXL pipeline's text towers, for inference (`text_grad=False` unless given)."
+        kind = _pipe_kind(pipe)
+        extra = {} if kind == "sd" else dict(tokenizer_2=pipe.tokenizer_2, text_encoder_2=pipe.text_encoder_2,
+                                             zero_negative=bool(pipe.config.get("force_zeros_for_empty_prompt", False)))
+        return cls(pipe.tokenizer, pipe.text_encoder, **{"text_grad": False, **extra, **kwargs})
 
     def config(self) -> dict:
         "What a saved run must record to encode the same way."
         p = self.policy
         return {"target_length": self.target_length, "policy": {"sot": p.sot, "eot": p.eot, "pad": p.pad, "grouping": p.grouping},
                 "pad_star": self.pad_star, "mode": self.mode, "encoders": self.encoders, "t5_length": self.t5_length,
-                "overflow": self.overflow}
+                "overflow": self.overflow, "layer": self.layer, "towers": len(self.towers),
+                **({"pooled": self.pooled, "zero_negative": self.zero_negative} if len(self.towers) > 1 else {})}
 
     def segments(self, text: str) -> list[str]:
         "The segments `text` is encoded as, dropped ones included (one empty segment for text without content)."
@@ -290,12 +323,14 @@ class LongPromptEncoder:
                 pos += r
             return _Plan(segs, ids, rows, n_kept, lost)
         sents = split_segments(text, "robust", tok) or [""]
-        groups = _greedy_groups(sents, tok, limit - 2)                      # consecutive sentences under one segment's limit
         greedy = self.policy.grouping == "greedy"
-        segs = [" ".join(g) for g in groups] if greedy else sents
+        groups = _greedy_groups(sents, tok, limit - 2) if greedy else [[s] for s in sents]   # sentences under one segment's limit
+        segs = [" ".join(g) for g in groups]
         ids, rows = layout(segs)
-        packed = not greedy and sum(rows) > T and self.overflow == "pack" and len(groups) < len(sents)
-        if packed: segs = [" ".join(g) for g in groups]; ids, rows = layout(segs)
+        packed = not greedy and sum(rows) > T and self.overflow == "pack" and len(sents) > 1
+        if packed:
+            groups = _greedy_groups(sents, tok, limit - 2)
+            segs = [" ".join(g) for g in groups]; ids, rows = layout(segs)
         n_kept, pos = 0, 0
         while n_kept < len(rows) and pos + rows[n_kept] <= T: pos += rows[n_kept]; n_kept += 1   # whole segments only
         if self.overflow == "pack" and (greedy or packed) and n_kept < len(segs):
@@ -335,18 +370,23 @@ class LongPromptEncoder:
         if self.text_grad is not None: return self.text_grad
         return tower.training and any(p.requires_grad for p in tower.parameters())
 
+    def _clip_grad(self) -> bool: return any(self._tower_grad(te) for _, te in self.towers)
+
     def pad_star_embedding(self) -> torch.Tensor:
-        "`<pad*>`: computed once per device, dtype and weights of a frozen tower; recomputed (with its graph) for a trainable one."
-        te = self.text_encoder
-        if self._tower_grad(te): return pad_star_embedding(self.tokenizer, te, self.pad_star)
-        p = next(te.parameters())
-        key = (p.device, p.dtype, sum(q._version for q in te.parameters()))   # in-place weight changes bump `_version`
+        """`<pad*>` (each tower's, concatenated): computed once per device, dtype and weights of frozen towers; recomputed
+        (with its graph) for a trainable one."""
+        def compute(): return torch.cat([pad_star_embedding(tk, te, self.pad_star, self.layer).to(self.text_encoder.device)
+                                         for tk, te in self.towers], -1)
+        if self._clip_grad(): return compute()
+        key = tuple((p.device, p.dtype, sum(q._version for q in te.parameters()))   # in-place weight changes bump `_version`
+                    for _, te in self.towers for p in [next(te.parameters())])
         if key not in self._pad_star:
-            with torch.no_grad(): self._pad_star = {key: pad_star_embedding(self.tokenizer, te, self.pad_star)}
+            with torch.no_grad(): self._pad_star = {key: compute()}
         return self._pad_star[key]
 
-    def _run(self, ids: list[list[int]], pad_to: int | None) -> list[torch.Tensor]:
-        "Hidden states of each token sequence; sequences sorted by length and packed into buckets that waste few positions."
+    def _run(self, ids: list[list[int]], pad_to: int | None) -> tuple:
+        """`(hidden, pooled)` of each token sequence: the towers' hidden states concatenated on the feature axis, and the
+        last tower's pooled vector (or None); sequences sorted by length and packed into buckets that waste few positions."""
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         buckets, cur = [], []
         for i in order:
@@ -356,18 +396,21 @@ class LongPromptEncoder:
                 buckets.append(cur); cur = []
             cur.append(i)
         if cur: buckets.append(cur)
-        out, dev, pad_id = [None] * len(ids), self.text_encoder.device, self.tokenizer.pad_token_id
-        positions = 0
-        with torch.set_grad_enabled(self._tower_grad(self.text_encoder)):
+        out, pooled, dev, positions = [None] * len(ids), [None] * len(ids), self.text_encoder.device, 0
+        with torch.set_grad_enabled(self._clip_grad()):
             for b in buckets:
                 n = pad_to or max(len(ids[i]) for i in b)
-                x = torch.full((len(b), n), pad_id, dtype=torch.long)
-                for r, i in enumerate(b): x[r, :len(ids[i])] = torch.tensor(ids[i])
-                h = _hidden(self.text_encoder, x.to(dev))
-                for r, i in enumerate(b): out[i] = h[r]
+                hs = []
+                for tk, te in self.towers:          # each tower pads with its own <pad> id (SDXL's second: 0)
+                    x = torch.full((len(b), n), tk.pad_token_id, dtype=torch.long)
+                    for r, i in enumerate(b): x[r, :len(ids[i])] = torch.tensor(ids[i])
+                    h, p = _tower_out(te, x.to(te.device), self.layer)
+                    hs.append(h.to(dev))
+                h = torch.cat(hs, -1)                                   # (bucket, n, sum of the towers' widths)
+                for r, i in enumerate(b): out[i], pooled[i] = h[r], (None if p is None else p[r])
                 positions += x.numel()
         self.stats.update(calls=len(buckets), positions=positions)
-        return out
+        return out, pooled
 
     def _clip(self, texts: list[str], plans: list[_Plan] | None = None) -> tuple:
         tok, pol, compat, T = self.tokenizer, self.policy, self.mode == "compat", self.target_length
@@ -376,12 +419,13 @@ class LongPromptEncoder:
         ids = [i for p in plans for i in p.ids[:p.n_kept]]                  # only what will be used goes through CLIP
         if not compat and (bad := [i for i in ids if len(i) > limit]):      # the splitter guarantees this
             raise ValueError(f"segment of {len(bad[0])} tokens exceeds {limit}: {tok.decode(bad[0][1:-1])!r:.80}")
-        hidden = self._run(ids, pad_to=limit if pol.pad == "keep" and not compat else None)
+        hidden, seg_pooled = self._run(ids, pad_to=limit if pol.pad == "keep" and not compat else None)
         self.stats.update(segments=len(ids), content_tokens=sum(len(i) - 2 for i in ids))
         pstar = self.pad_star_embedding()
         drop_ids = {tok.pad_token_id, tok.eos_token_id}
-        embeds, types, all_ids, spans, k = [], [], [], [], 0
+        embeds, types, all_ids, spans, pooled, k = [], [], [], [], [], 0
         for plan in plans:
+            if len(self.towers) > 1 and self.pooled == "mean": pooled.append(torch.stack(seg_pooled[k:k + plan.n_kept]).mean(0))
             rows, tys, tids, sp = [], [], [], []
             for j in range(plan.n_kept):
                 i, h = ids[k], hidden[k]; k += 1
@@ -410,7 +454,7 @@ class LongPromptEncoder:
         types = torch.tensor(types)
         kept = [p.segments[:p.n_kept] for p in plans]
         dropped = [p.segments[p.n_kept:] for p in plans]
-        return torch.stack(embeds), (types != PAD_STAR).long(), types, torch.tensor(all_ids), spans, kept, dropped
+        return torch.stack(embeds), (types != PAD_STAR).long(), types, torch.tensor(all_ids), spans, kept, dropped, pooled
 
     def _t5(self, texts: list[str], labels: list[str]) -> tuple:
         """T5 on the whole caption -> adapter. Robust: T5 sees an attention mask (its states do not depend on the padding);
@@ -455,26 +499,37 @@ class LongPromptEncoder:
         embs = ([parts["clip"]] if "clip" in parts else []) + ([self.adapt(parts["t5"])] if "t5" in parts else [])
         return torch.cat([e.to(embs[0].dtype) for e in embs], 1)
 
+    def _pooled_truncated(self, texts: list[str]) -> torch.Tensor:
+        "SDXL's pooled vectors as diffusers computes them: the last tower on each text cut and padded to 77 tokens."
+        tk, te = self.towers[-1]
+        ids = tk(texts, padding="max_length", max_length=tk.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.set_grad_enabled(self._tower_grad(te)):
+            return _tower_out(te, ids.to(te.device), self.layer)[1].to(self.text_encoder.device)
+
     def encode(
         self,
         prompt: str | list[str],                        # one prompt or a list
-        negative_prompt: str | list[str] | None = None, # None: the empty prompt (the unconditional embedding)
+        negative_prompt: str | list[str] | None = None, # None: the empty prompt (zeros with `zero_negative`, as SDXL)
     ) -> LongPromptEmbeds:
         "Encode prompts and their negatives through the same path; every result has the same length."
         prompts = _prompt_list(prompt, "prompt")
+        zeros = self.zero_negative and negative_prompt is None
         negs = [""] * len(prompts) if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt")
         if len(negs) == 1 and len(prompts) > 1: negs = negs * len(prompts)
         if len(negs) != len(prompts):
             raise ValueError(f"negative_prompt has {len(negs)} entries for {len(prompts)} prompts: give one or one per prompt")
-        uniq = list(dict.fromkeys(negs))
+        uniq = [] if zeros else list(dict.fromkeys(negs))
         texts, n = prompts + uniq, len(prompts)
         labels = [f"prompt[{i}]" for i in range(n)] + [f"negative_prompt {t!r:.30}" for t in uniq]
-        parts = []
+        parts, pooled = [], None
         if self.encoders != "t5-mlp":
             plans = [self._plan(t) for t in texts]
             self._check_fit(plans, labels)                  # before any model work: 'raise' costs nothing
-            parts.append(self._clip(texts, plans))
+            *clip, seg_pooled = self._clip(texts, plans)
+            parts.append(clip)
             dropped_tokens = [p.dropped_tokens for p in plans]
+            if len(self.towers) > 1:
+                pooled = torch.stack(seg_pooled) if self.pooled == "mean" else self._pooled_truncated(texts)
         else: self.stats, dropped_tokens = {}, [0] * len(texts)
         if "t5" in self.encoders:
             e, m, t = self._t5(texts, labels)
@@ -483,21 +538,45 @@ class LongPromptEncoder:
         emb = torch.cat([p[0].to(dtype) for p in parts], 1)
         mask, types, tids = (torch.cat([p[k] for p in parts], 1) for k in (1, 2, 3))
         spans, kept, dropped = parts[0][4], parts[0][5], parts[0][6]
-        neg_idx = torch.tensor([n + uniq.index(x) for x in negs])
-        return LongPromptEmbeds(emb[:n], emb[neg_idx], mask[:n], types[:n], tids[:n], spans[:n], kept[:n], dropped[:n],
-                                dropped_tokens[:n])
+        if zeros:
+            neg, neg_pooled = torch.zeros_like(emb), None if pooled is None else torch.zeros_like(pooled)
+        else:
+            neg_idx = torch.tensor([n + uniq.index(x) for x in negs])
+            neg, neg_pooled = emb[neg_idx], None if pooled is None else pooled[neg_idx]
+        return LongPromptEmbeds(emb[:n], neg, mask[:n], types[:n], tids[:n], spans[:n], kept[:n], dropped[:n], dropped_tokens[:n],
+                                None if pooled is None else pooled[:n], neg_pooled)
 
     __call__ = encode
 
     def encode_prompt(
         self, prompt, negative_prompt=None, num_images_per_prompt: int = 1, do_classifier_free_guidance: bool = True,
     ) -> tuple:
-        "diffusers-style `(prompt_embeds, negative_prompt_embeds)`, repeated `num_images_per_prompt` times."
+        """diffusers-style `(prompt_embeds, negative_prompt_embeds)` — with two towers (SDXL) also the pooled vectors, as
+        `StableDiffusionXLPipeline.encode_prompt` returns them — repeated `num_images_per_prompt` times."""
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be a positive int")
         out = self.encode(prompt, negative_prompt)
         rep = lambda x: x.repeat_interleave(num_images_per_prompt, 0)
-        return rep(out.prompt_embeds), rep(out.negative_prompt_embeds) if do_classifier_free_guidance else None
+        cfg = do_classifier_free_guidance
+        embeds = (rep(out.prompt_embeds), rep(out.negative_prompt_embeds) if cfg else None)
+        if out.pooled_prompt_embeds is None: return embeds
+        return embeds + (rep(out.pooled_prompt_embeds), rep(out.negative_pooled_prompt_embeds) if cfg else None)
+
+def _pipe_kind(pipe) -> str:
+    "'sd' for an SD-1.5-family pipeline (one CLIP tower), 'sdxl' for SDXL (two); anything else is refused, by name."
+    import diffusers
+    name = type(pipe).__name__
+    families = {"sd": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
+                "sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")}
+    for kind, names in families.items():
+        if isinstance(pipe, tuple(getattr(diffusers, c) for c in names)):
+            if getattr(pipe, "text_encoder", None) is None or (kind == "sdxl" and getattr(pipe, "text_encoder_2", None) is None):
+                raise TypeError(f"{name} lacks a text tower (text_encoder{'' if kind == 'sd' else ' and text_encoder_2'}); an "
+                                "SDXL refiner, which has only the second, is not supported")
+            return kind
+    supported = ", ".join(c for names in families.values() for c in names)
+    raise TypeError(f"LongPromptEncoder.from_pipe got a {name}: it supports {supported} (and their subclasses). For another "
+                    "pipeline whose UNet reads CLIP hidden states, build LongPromptEncoder(tokenizer, text_encoder, ...) directly")
 
 # %% ../nbs/01_encoding.ipynb #dbe6100b
 def _toy_zoo(zoo):
@@ -594,3 +673,32 @@ def cross_attention_maps(
     if r not in sides: raise ValueError(f"resolution={r}: the UNet's cross-attention maps have sides {sides}")
     maps = torch.stack([p for p in cond if p.shape[0] == r * r]).mean(0)     # (r*r, length)
     return img.float().cpu(), maps.T.reshape(-1, r, r)
+
+# %% ../nbs/01_encoding.ipynb #a2b3c4d5
+def tiny_sdxl_pipeline(
+    widths: tuple = (32, 48),   # the two towers' hidden sizes (SDXL: 768, 1280)
+    projection_dim: int = 40,   # the second tower's pooled vector (SDXL: 1280)
+    seed: int = 0,
+):
+    "A `StableDiffusionXLPipeline` of random weights built from configs with the real CLIP vocabulary: for tests and docs, no download."
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from longalign.toyworld import clip_tokenizer
+    torch.manual_seed(seed)
+    common = dict(vocab_size=49408, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                  bos_token_id=49406, eos_token_id=49407)
+    te1 = CLIPTextModel(CLIPTextConfig(hidden_size=widths[0], **common))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=widths[1], projection_dim=projection_dim, pad_token_id=0, **common))
+    tok1, tok2 = clip_tokenizer(), clip_tokenizer()
+    tok2.pad_token = "!"                                    # SDXL's second tokenizer pads with id 0
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), norm_num_groups=8,
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=6 * 8 + projection_dim, cross_attention_dim=sum(widths))
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1, tokenizer_2=tok2, unet=unet,
+                                     scheduler=EulerDiscreteScheduler(), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
