@@ -16,10 +16,11 @@ from .core import TrainConfig, default_mixed_precision, fit, get_preset, hub_off
 from .encoding import split_segments
 
 # %% auto #0
-__all__ = ['LOSSES', 'common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection', 'check_images',
-           'reward_preprocess', 'PreferenceModel', 'open_clip_preference', 'pair_cross_entropy', 'preference_loss',
-           'check_preference_table', 'PreferencePairs', 'PreferenceTrainConfig', 'train_preference_model',
-           'toy_preference_model', 'preference_table', 'run_preference']
+__all__ = ['LOSSES', 'WEIGHT_COLUMN', 'common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection',
+           'check_images', 'reward_preprocess', 'PreferenceModel', 'open_clip_preference', 'pair_cross_entropy',
+           'prompt_weights', 'preference_loss', 'BadRow', 'check_preference_table', 'PreferencePairs',
+           'PreferenceTrainConfig', 'accumulation_steps', 'train_preference_model', 'toy_preference_model',
+           'preference_table', 'run_preference']
 
 # %% ../nbs/02_denscore.ipynb #689505bb
 def common_direction(text_embeds: torch.Tensor) -> torch.Tensor:
@@ -230,10 +231,22 @@ def open_clip_preference(arch: str = "ViT-H-14", checkpoint=None, splitter: str 
 # %% ../nbs/02_denscore.ipynb #0baa29c2
 LOSSES = ("single", "segment", "seg-a", "seg-o")
 
-def pair_cross_entropy(m: torch.Tensor, n: torch.Tensor, label_0: torch.Tensor) -> torch.Tensor:
-    "−log of the probability the paper prints, σ(m − n), against soft labels (label_0 for image 0, 1 − label_0 for image 1)."
+def pair_cross_entropy(m: torch.Tensor, n: torch.Tensor, label_0: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    "−log of the probability the paper prints, σ(m − n), against soft labels: the mean over pairs, or the `weights`-weighted sum."
     logits = torch.stack([m, n], -1).log_softmax(-1)
-    return -(label_0 * logits[..., 0] + (1 - label_0) * logits[..., 1]).mean()
+    per_pair = -(label_0 * logits[..., 0] + (1 - label_0) * logits[..., 1])
+    return per_pair.mean() if weights is None else (weights * per_pair).sum()
+
+def prompt_weights(num_examples: torch.Tensor, accelerator=None) -> torch.Tensor:
+    """PickScore's example weights: 1 / num_example_per_prompt, normalised to sum to 1 over the batch of every process
+    (this process's share of the sum; the processes' gradients are averaged, so their losses are scaled by the count)."""
+    w = 1.0 / num_examples.double()
+    if (w <= 0).any() or not torch.isfinite(w).all():
+        raise ValueError(f"num_example_per_prompt must be positive counts, got {num_examples.tolist()}")
+    total, processes = w.sum(), 1
+    if accelerator is not None and accelerator.num_processes > 1:
+        total, processes = accelerator.reduce(total.to(accelerator.device), "sum").to(w.device), accelerator.num_processes
+    return (w * processes / total).float()
 
 def preference_loss(
     kind: str,                          # one of `LOSSES`
@@ -243,6 +256,7 @@ def preference_loss(
     short: torch.Tensor | None = None,  # (n, d) embeddings of the short prompt p (single, seg-a, seg-o)
     seg_mean: torch.Tensor | None = None,   # (n, d) mean segment embedding of the long caption (segment, seg-a, seg-o)
     V: torch.Tensor | None = None,      # common direction (seg-o: the segment term uses C⊥)
+    weights: torch.Tensor | None = None,    # (n,) per-pair weights summing to 1 (`prompt_weights`); None: the mean over pairs
 ) -> torch.Tensor:
     "The preference loss to minimise for a batch of pairs."
     if kind not in LOSSES: raise ValueError(f"kind={kind!r}: choose one of {LOSSES}")
@@ -250,58 +264,86 @@ def preference_loss(
     if need_short and short is None: raise ValueError(f"loss {kind!r} needs the short prompt embeddings `short`")
     if need_seg and seg_mean is None: raise ValueError(f"loss {kind!r} needs the segment means `seg_mean`")
     if kind == "seg-o" and V is None: raise ValueError("loss 'seg-o' (Eq. 10) needs the common direction V")
-    term = lambda t: pair_cross_entropy(logit_scale * (img0 * t).sum(-1), logit_scale * (img1 * t).sum(-1), label_0)
+    term = lambda t: pair_cross_entropy(logit_scale * (img0 * t).sum(-1), logit_scale * (img1 * t).sum(-1), label_0, weights)
     loss = 0
     if need_seg: loss = loss + term(reweight(seg_mean, V, 0.0) if kind == "seg-o" else seg_mean)
     if need_short: loss = loss + term(short)
     return loss
 
 # %% ../nbs/02_denscore.ipynb #7eed2627
-def _decode(data, size: int) -> torch.Tensor:
-    from PIL import Image
+import logging
+_log = logging.getLogger(__name__)
+
+class BadRow(ValueError):
+    "A row of the preference table that cannot be used (missing or undecodable image, missing or bad labels, empty caption)."
+
+def _decode(data, size: int, column: str = "image") -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
     import numpy as np
-    if data is None: raise ValueError("missing image")
     if isinstance(data, dict): data = data.get("bytes")
-    im = data if hasattr(data, "convert") else Image.open(io.BytesIO(data))
-    im = im.convert("RGB")
+    if data is None: raise BadRow(f"{column} is missing")
+    if not (hasattr(data, "convert") or isinstance(data, (bytes, bytearray, memoryview))):
+        raise BadRow(f"{column} holds a {type(data).__name__}, not image bytes")
+    try:
+        im = data if hasattr(data, "convert") else Image.open(io.BytesIO(data))
+        im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:   # what PIL raises for bad bytes
+        raise BadRow(f"{column} does not decode ({type(e).__name__}: {str(e)[:80]})") from None
     s = min(im.size)                                          # shortest side to `size`, centre crop
     im = im.crop(((im.width - s) // 2, (im.height - s) // 2, (im.width - s) // 2 + s, (im.height - s) // 2 + s))
     if s != size: im = im.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)
 
-def check_preference_table(table, long_caption: bool = True):
-    "Raise a clear error unless `table` has rows and Pick-a-Pic's columns (+ `long_caption` for the segment losses)."
-    need = ["caption", "jpg_0", "jpg_1", "label_0", "label_1"] + (["long_caption"] if long_caption else [])
+def check_preference_table(table, long_caption: bool = True, prompt_weighting: bool = False):
+    "Raise a clear error unless `table` has rows and Pick-a-Pic's columns (+ `long_caption`, + the weights' column when used)."
+    need = ["caption", "jpg_0", "jpg_1", "label_0", "label_1"] + (["long_caption"] if long_caption else []) + \
+           ([WEIGHT_COLUMN] if prompt_weighting else [])
     if len(table) == 0: raise ValueError("the preference table is empty")
     cols = getattr(table, "column_names", None) or list(table[0])
     if missing := [c for c in need if c not in cols]:
         hint = (" Pick-a-Pic has no long captions: the paper captioned its images with LLaVA-Next; add them as a "
-                "`long_caption` column, or train loss='single'." if missing == ["long_caption"] else "")
+                "`long_caption` column, or train loss='single'." if missing == ["long_caption"] else
+                f" prompt_weighting needs {WEIGHT_COLUMN} (Pick-a-Pic has it); or train with prompt_weighting=False."
+                if missing == [WEIGHT_COLUMN] else "")
         raise ValueError(f"the preference table lacks column(s) {missing}; Pick-a-Pic's schema has {need}.{hint}")
 
+WEIGHT_COLUMN = "num_example_per_prompt"   # Pick-a-Pic's count of pairs per prompt (PickScore's example weights)
+
 class PreferencePairs(torch.utils.data.Dataset):
-    "Pick-a-Pic-schema rows as tensors; bad rows are replaced by the next good one and counted in `skipped`."
-    def __init__(self, table, size: int, long_caption: bool = True):
-        check_preference_table(table, long_caption)
-        self.table, self.size, self.long, self.skipped = table, size, long_caption, set()
+    """Pick-a-Pic-schema rows as tensors. A `BadRow` (missing or undecodable image, bad labels, empty caption) is replaced
+    by the next good row, logged once with its reason and kept in `skipped` (row -> reason); any other error propagates."""
+    def __init__(self, table, size: int, long_caption: bool = True, prompt_weighting: bool = False):
+        check_preference_table(table, long_caption, prompt_weighting)
+        self.table, self.size, self.long, self.weighted, self.skipped = table, size, long_caption, prompt_weighting, {}
 
     def __len__(self): return len(self.table)
 
     def _row(self, i):
         r = self.table[i]
-        l0, l1 = float(r["label_0"]), float(r["label_1"])
-        if abs(l0 + l1 - 1) > 1e-3 or not 0 <= l0 <= 1: raise ValueError(f"labels {l0}, {l1} do not sum to 1")
+        labels = [r["label_0"], r["label_1"]]
+        if any(not isinstance(l, (int, float)) or isinstance(l, bool) for l in labels):
+            raise BadRow(f"labels {labels[0]!r}, {labels[1]!r} are not numbers")
+        l0, l1 = map(float, labels)
+        if abs(l0 + l1 - 1) > 1e-3 or not 0 <= l0 <= 1: raise BadRow(f"labels {l0}, {l1} do not sum to 1")
         text = r["long_caption"] if self.long else r["caption"]
-        if not isinstance(text, str) or not text.strip(): raise ValueError("empty caption")
-        return {"image_0": _decode(r["jpg_0"], self.size), "image_1": _decode(r["jpg_1"], self.size), "label_0": l0,
-                "caption": r["caption"] or "", "long_caption": r["long_caption"] if self.long else ""}
+        if not isinstance(text, str) or not text.strip(): raise BadRow(f"{'long_caption' if self.long else 'caption'} is empty")
+        out = {"image_0": _decode(r["jpg_0"], self.size, "jpg_0"), "image_1": _decode(r["jpg_1"], self.size, "jpg_1"), "label_0": l0,
+               "caption": r["caption"] or "", "long_caption": r["long_caption"] if self.long else ""}
+        if self.weighted:
+            n = r[WEIGHT_COLUMN]
+            if not isinstance(n, (int, float)) or not n >= 1: raise BadRow(f"{WEIGHT_COLUMN}={n!r} is not a count >= 1")
+            out[WEIGHT_COLUMN] = float(n)
+        return out
 
     def __getitem__(self, i):
         for k in range(len(self)):
             j = (i + k) % len(self)
             try: return self._row(j)
-            except Exception: self.skipped.add(j)
-        raise ValueError("no row of the preference table decodes: check the jpg_0/jpg_1 columns")
+            except BadRow as e:
+                if j not in self.skipped: _log.warning("preference table row %d skipped: %s", j, e)
+                self.skipped[j] = str(e)
+        raise ValueError(f"no row of the preference table is usable; e.g. row {next(iter(self.skipped))}: "
+                         f"{next(iter(self.skipped.values()))}")
 
 @dataclass(frozen=True)
 class PreferenceTrainConfig:
@@ -317,19 +359,44 @@ class PreferenceTrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     lr_scheduler: str = "cosine"    # a diffusers `get_scheduler` name
+    micro_batch: int | None = None  # the most pairs per process per forward pass (None, or more than its share: no accumulation)
+    prompt_weighting: bool = False  # weight pairs by 1 / num_example_per_prompt, as PickScore's criterion does
 
     @classmethod
     def for_preset(cls, preset: str = "toy", **kw) -> "PreferenceTrainConfig":
         "The preset's defaults (`sd15`: PickScore's recipe, which the paper reuses), with `kw` replacing any of them."
         base = {"sd15": dict(steps=4000, batch_size=128, lr=3e-6, weight_decay=0.3, warmup_steps=500,
-                             lr_scheduler="linear", checkpoint_every=500)}.get(preset, {})
+                             lr_scheduler="linear", checkpoint_every=500, micro_batch=16)}.get(preset, {})
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
+
+def accumulation_steps(
+    batch_size: int,                    # the global batch of one optimizer step
+    num_processes: int = 1,
+    micro_batch: int | None = None,     # the most pairs one process holds in one forward pass (None: its whole share)
+) -> int:
+    "Micro-batches per optimizer step so that batch_size = num_processes × micro-batch × accumulation (a clear error if none)."
+    if micro_batch is not None and (micro_batch < 1 or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size} and micro_batch={micro_batch} must be >= 1")
+    if micro_batch is None or micro_batch * num_processes >= batch_size:   # each process takes its whole share at once
+        if batch_size % num_processes: raise ValueError(
+            f"batch_size={batch_size} does not split over num_processes={num_processes}: choose a multiple of {num_processes}")
+        return 1
+    if batch_size % num_processes:
+        raise ValueError(f"batch_size={batch_size} does not split over num_processes={num_processes}: choose a multiple of "
+                         f"{num_processes} (e.g. {num_processes * micro_batch} for micro-batches of {micro_batch})")
+    if batch_size % (num_processes * micro_batch):
+        share = batch_size // num_processes
+        fits = [d for d in range(micro_batch, 0, -1) if share % d == 0][:3]
+        raise ValueError(f"batch_size={batch_size} is not a multiple of num_processes × micro_batch = {num_processes} × {micro_batch}: "
+                         f"micro_batch={fits[0]} fits ({', '.join(map(str, fits))} do), or choose a batch_size that is a multiple of "
+                         f"{num_processes * micro_batch}")
+    return batch_size // (num_processes * micro_batch)
 
 class _PreferenceTrainer(nn.Module):
     "The model plus the running common direction; `forward` returns the loss, so DDP sees every call."
-    def __init__(self, pm: PreferenceModel, kind: str, momentum: float):
+    def __init__(self, pm: PreferenceModel, kind: str, momentum: float, prompt_weighting: bool = False):
         super().__init__()
-        self.pm, self.kind = pm, kind
+        self.pm, self.kind, self.prompt_weighting = pm, kind, prompt_weighting
         self.direction = RunningDirection(self._dim(), momentum)
 
     def _dim(self):
@@ -348,7 +415,8 @@ class _PreferenceTrainer(nn.Module):
             if self.kind == "seg-o": V = self.direction.update(e, accelerator)
             seg_mean = torch.zeros(n, e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, owner, e)
             seg_mean = seg_mean / torch.bincount(owner, minlength=n)[:, None].to(e.dtype)
-        loss = preference_loss(self.kind, img0, img1, label, pm.logit_scale, short, seg_mean, V)
+        weights = prompt_weights(batch[WEIGHT_COLUMN], accelerator).to(img.device) if self.prompt_weighting else None
+        loss = preference_loss(self.kind, img0, img1, label, pm.logit_scale, short, seg_mean, V, weights)
         with torch.no_grad():   # agreement with the decided labels, by the same text the loss uses for its first term
             t = short if short is not None else seg_mean
             d = ((img0 - img1) * t).sum(-1)
@@ -368,25 +436,32 @@ def train_preference_model(
     mixed_precision: str | None = None,  # None: bf16 on a GPU that has it, else full precision
 ) -> PreferenceModel:
     "Fine-tune a CLIP preference model with one of `LOSSES`; returns it (eval mode) and saves it with `save_pretrained`."
+    from accelerate import PartialState
     if cfg.loss not in LOSSES: raise ValueError(f"cfg.loss={cfg.loss!r}: choose one of {LOSSES}")
+    processes = PartialState(cpu=cpu).num_processes     # inside the launched processes: how many there are
+    grad_accum = accumulation_steps(cfg.batch_size, processes, cfg.micro_batch)
     pm = PreferenceModel(model, tokenizer, splitter=splitter)
-    pairs = PreferencePairs(table, pm.image_size, long_caption=cfg.loss != "single")
-    trainer = _PreferenceTrainer(pm, cfg.loss, cfg.momentum)
+    pairs = PreferencePairs(table, pm.image_size, long_caption=cfg.loss != "single", prompt_weighting=cfg.prompt_weighting)
+    trainer = _PreferenceTrainer(pm, cfg.loss, cfg.momentum, cfg.prompt_weighting)
     model.requires_grad_(True)
     def step(m, batch, ctx):
         out = m(batch, ctx.accelerator)
         out["skipped_rows"] = torch.tensor(float(len(pairs.skipped)))
         return out
     def collate(rows):
-        return {"image_0": torch.stack([r["image_0"] for r in rows]), "image_1": torch.stack([r["image_1"] for r in rows]),
-                "label_0": torch.tensor([r["label_0"] for r in rows]), "caption": [r["caption"] for r in rows],
-                "long_caption": [r["long_caption"] for r in rows]}
+        out = {"image_0": torch.stack([r["image_0"] for r in rows]), "image_1": torch.stack([r["image_1"] for r in rows]),
+               "label_0": torch.tensor([r["label_0"] for r in rows]), "caption": [r["caption"] for r in rows],
+               "long_caption": [r["long_caption"] for r in rows]}
+        if cfg.prompt_weighting: out[WEIGHT_COLUMN] = torch.tensor([r[WEIGHT_COLUMN] for r in rows])
+        return out
     if mixed_precision is None: mixed_precision = "no" if cpu else default_mixed_precision()
-    tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+    tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=grad_accum, lr=cfg.lr,
                      weight_decay=cfg.weight_decay, lr_scheduler=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=progress,
                      cpu=cpu, mixed_precision=mixed_precision)
-    fit(trainer, pairs, step, tc, collate=collate, record={"settings": {"preference": asdict(cfg), "splitter": splitter}})
+    batching = {"batch_size": cfg.batch_size, "num_processes": processes, "micro_batch": cfg.batch_size // (processes * grad_accum),
+                "grad_accum": grad_accum}
+    fit(trainer, pairs, step, tc, collate=collate, record={"settings": {"preference": asdict(cfg), "splitter": splitter, "batching": batching}})
     model.eval().requires_grad_(False)
     dest = Path(output_dir) / "model"
     model.save_pretrained(dest); tokenizer.save_pretrained(dest)
@@ -416,7 +491,8 @@ def toy_preference_model(
         shutil.copytree(work / "model", folder / "model"); shutil.copy(work / "metrics.csv", folder / "metrics.csv")
         return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps, "pairs": n_pairs}
     train = asdict(cfg)
-    if train["lr_scheduler"] == "cosine": del train["lr_scheduler"]   # the default: keys stay those of models cached before the field
+    for field, default in (("lr_scheduler", "cosine"), ("micro_batch", None), ("prompt_weighting", False)):
+        if train[field] == default: del train[field]   # defaults: keys stay those of models cached before the field
     key = {"train": train, "n_pairs": n_pairs, "clip": zoo.path("clip").parent.name}
     entry = cached_build(f"pref_{kind}", key, build, zoo.cache_dir)
     return PreferenceModel(CLIPModel.from_pretrained(entry / "model"), CLIPTokenizer.from_pretrained(entry / "model")).eval()
@@ -455,11 +531,12 @@ def run_preference(
     overrides: dict | None = None,    # {role: local path}
     split: str = "train",
     progress: bool = True,
-    cpu: bool = False,
+    cpu: bool = False,                # True: CPU processes even where CUDA exists (without CUDA they always are)
     **cfg_kw,                         # replaces fields of `PreferenceTrainConfig.for_preset(preset)`
 ) -> PreferenceModel:
     "Fine-tune a real preset's CLIP into a preference model on real pairs: what this notebook launches for `preset='sd15'`."
     from transformers import CLIPModel, CLIPTokenizer
+    cpu = cpu or not torch.cuda.is_available()   # launched processes without CUDA must say so, or each trains alone
     p = get_preset(preset, overrides)
     if p.ref(base_role).kind in ("toy", "arch"):
         raise ValueError(f"preset {p.name!r} has no {base_role} weights to fine-tune: the toy world trains with "
@@ -467,7 +544,7 @@ def run_preference(
     if loss not in LOSSES: raise ValueError(f"loss={loss!r}: choose one of {LOSSES}")
     if pairs is None: raise ValueError("pairs is needed: Pick-a-Pic-schema pairs with a long_caption column (a local copy or a hub id)")
     table = preference_table(pairs, split)
-    check_preference_table(table, long_caption=loss != "single")        # before minutes of loading CLIP-H
     cfg = PreferenceTrainConfig.for_preset(p.name, loss=loss, **cfg_kw)
+    check_preference_table(table, long_caption=loss != "single", prompt_weighting=cfg.prompt_weighting)   # before minutes of loading CLIP-H
     model, tokenizer = load_role(p, base_role, CLIPModel), load_role(p, base_role, CLIPTokenizer)
     return train_preference_model(model, tokenizer, table, output_dir, cfg, splitter=p.splitter, progress=progress, cpu=cpu)

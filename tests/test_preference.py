@@ -138,3 +138,115 @@ def test_text_embeds_pad_to_the_longest_while_training_and_to_77_when_cached(tmp
     training = pm.text_embeds(texts)
     assert training.requires_grad
     torch.testing.assert_close(training.detach(), ref)
+
+
+def _sd15_folder(tmp_path, n=8):
+    "A tiny CLIP-H stand-in and Pick-a-Pic-schema parquet pairs, for the sd15 path on local files."
+    clip_h = _tiny_clip_h(tmp_path / "clip_h")
+    from longalign.toyworld import preference_dataset
+    table = preference_dataset(n, seed=3)
+    (tmp_path / "pairs").mkdir()
+    table.to_parquet(tmp_path / "pairs" / "train-0.parquet")
+    return clip_h, table
+
+
+def test_sd15_denscore_two_processes_through_the_notebooks_own_launch(tmp_path, monkeypatch):
+    """`papermill nbs/02_denscore.ipynb … -p preset sd15 -p num_processes 2` through the notebook's notebook_launcher cell
+    (two CPU processes): nothing in the kernel creates an Accelerator first, the toy zoo is not built, and the global batch
+    is num_processes × micro_batch × accumulation, all recorded."""
+    import json, pandas as pd, papermill
+    clip_h, _ = _sd15_folder(tmp_path)
+    monkeypatch.setenv("LONGALIGN_CACHE", str(tmp_path / "cache"))       # where a toy zoo would be built
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nbs = Path(__file__).parents[1] / "nbs"
+    run = tmp_path / "run"
+    nb = papermill.execute_notebook(str(nbs / "02_denscore.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(nbs), kernel_name="python3",
+                                    progress_bar=False, parameters=dict(preset="sd15", pairs=str(tmp_path / "pairs"), steps=2, batch_size=8,
+                                                                        micro_batch=2, num_processes=2, overrides={"clip_h": str(clip_h)},
+                                                                        output_dir=str(run)))
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "global batch 8 = 2 processes × micro-batch 2 × 2 accumulation steps" in outputs
+    rec = json.loads((run / "config.json").read_text())
+    assert rec["settings"]["batching"] == {"batch_size": 8, "num_processes": 2, "micro_batch": 2, "grad_accum": 2}
+    assert (rec["train"]["batch_size"], rec["train"]["grad_accum"]) == (8, 2) and rec["settings"]["preference"]["micro_batch"] == 2
+    m = pd.read_csv(run / "metrics.csv")
+    assert m[m.name == "loss"].step.tolist() == [1, 2]
+    assert (run / "model" / "config.json").exists()
+    assert not any(p.name.startswith(("vae", "clip-", "unet", "oracle")) for p in (tmp_path / "cache").glob("*"))   # no toy zoo
+    # a global batch that does not split fails in the kernel, before any launch, and says what fits
+    with pytest.raises(papermill.PapermillExecutionError, match="micro_batch=3 fits"):
+        papermill.execute_notebook(str(nbs / "02_denscore.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(nbs), kernel_name="python3",
+                                   progress_bar=False, parameters=dict(preset="sd15", pairs=str(tmp_path / "pairs"), steps=2, batch_size=12,
+                                                                       micro_batch=4, num_processes=2, overrides={"clip_h": str(clip_h)},
+                                                                       output_dir=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bad_rows_are_skipped_with_their_reason_and_bugs_propagate(caplog):
+    "Only data problems (`BadRow`) are skipped, each logged once with its reason; an error in the code is not a skipped row."
+    import logging
+    from unittest import mock
+    import longalign.preference as P
+    from longalign.toyworld import preference_dataset
+    table = preference_dataset(6, seed=1).to_list()
+    table[1]["jpg_0"] = b"not a png"
+    table[2]["jpg_1"] = None
+    table[3]["label_0"] = None
+    table[4]["long_caption"] = "  "
+    pairs = P.PreferencePairs(table, 32)
+    with caplog.at_level(logging.WARNING, logger="longalign.preference"):
+        rows = [pairs[i] for i in range(6)] + [pairs[1]]
+    assert [r["long_caption"] for r in rows] == [table[i]["long_caption"] for i in (0, 5, 5, 5, 5, 5, 5)]   # the next good row
+    assert sorted(pairs.skipped) == [1, 2, 3, 4]
+    assert pairs.skipped[1].startswith("jpg_0 does not decode (UnidentifiedImageError")
+    assert (pairs.skipped[2], pairs.skipped[3], pairs.skipped[4]) == ("jpg_1 is missing", "labels None, 0.0 are not numbers"
+                                                                      if table[3]["label_1"] == 0 else f"labels None, {float(table[3]['label_1'])!r} are not numbers",
+                                                                      "long_caption is empty")
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 4 and "row 1 skipped: jpg_0 does not decode" in logged[0]       # once per row, with the reason
+    with mock.patch.object(P, "_decode", side_effect=TypeError("a bug in our code")):
+        with pytest.raises(TypeError, match="a bug in our code"):
+            P.PreferencePairs(table, 32)[0]
+    with pytest.raises(ValueError, match="no row of the preference table is usable; e.g. row 0: jpg_0 is missing"):
+        P.PreferencePairs([{**table[0], "jpg_0": None}], 32)[0]
+
+
+def test_prompt_weighting_is_pickscores_criterion(tmp_path):
+    """PickScore's CLIPCriterion (trainer/criterions/clip_criterion.py, in_batch_negatives off): per pair, cross-entropy of
+    the two logits against the labels, weighted by (1 / num_example_per_prompt) / sum over the batch, summed. Written
+    out by hand here on random features, and through the trainer on a table with that column."""
+    import math, pandas as pd
+    from longalign.preference import PreferenceTrainConfig, WEIGHT_COLUMN, preference_loss, prompt_weights, train_preference_model
+    g = torch.Generator().manual_seed(0)
+    f = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1)
+    img0, img1, text = f(5, 8), f(5, 8), f(5, 8)
+    label0, counts, scale = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0]), torch.tensor([1, 2, 2, 5, 10]), 100.0
+    expected, total = 0.0, sum(1 / int(c) for c in counts)
+    for i in range(5):
+        m, n = scale * float(img0[i] @ text[i]), scale * float(img1[i] @ text[i])
+        lse = max(m, n) + math.log(math.exp(m - max(m, n)) + math.exp(n - max(m, n)))
+        ce = float(label0[i]) * (lse - m) + (1 - float(label0[i])) * (lse - n)
+        expected += (1 / int(counts[i])) / total * ce
+    got = preference_loss("single", img0, img1, label0, torch.tensor(scale), short=text, weights=prompt_weights(counts))
+    assert abs(float(got) - expected) < 1e-4 * max(1.0, expected)
+    unweighted = preference_loss("single", img0, img1, label0, torch.tensor(scale), short=text)
+    assert abs(float(unweighted) - expected) > 1e-2               # the weights change the loss here
+    # the option reaches the trainer: a table without the column is refused; with equal counts the first step's loss is the
+    # unweighted one (the same seed, the same batch), with unequal counts it is not
+    from transformers import CLIPModel, CLIPTokenizer
+    from longalign.preference import PreferencePairs
+    from longalign.toyworld import preference_dataset
+    table = preference_dataset(8, seed=2)
+    with pytest.raises(ValueError, match=f"prompt_weighting needs {WEIGHT_COLUMN}"):
+        PreferencePairs(table, 32, prompt_weighting=True)
+    folder = _tiny_clip_h(tmp_path / "clip")
+    def first_loss(counts, weighting):
+        t = table.add_column(WEIGHT_COLUMN, counts)
+        out = tmp_path / f"run-{weighting}-{counts[0]}-{counts[1]}"
+        cfg = PreferenceTrainConfig(loss="seg-o", steps=1, batch_size=8, prompt_weighting=weighting, warmup_steps=0)
+        train_preference_model(CLIPModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder), t, out, cfg, progress=False, cpu=True)
+        m = pd.read_csv(out / "metrics.csv")
+        return float(m[m.name == "loss"].value.iloc[0])
+    base = first_loss([3] * 8, False)
+    assert abs(first_loss([3] * 8, True) - base) < 1e-5
+    assert abs(first_loss([1, 9, 1, 9, 1, 9, 1, 9], True) - base) > 1e-4
