@@ -18,7 +18,7 @@ process. Writes bench/results/encoding.json and bench/results/encoding.md.
     pip install -e ".[bench]"   # compel is a benchmark-only dependency
     python bench/encoding.py [--prompts 16] [--rounds 3]
 """
-import argparse, gc, json, multiprocessing as mp, random, statistics, threading, time
+import argparse, gc, json, multiprocessing as mp, os, random, statistics, threading, time
 from pathlib import Path
 
 import torch
@@ -105,11 +105,11 @@ def _peak_worker(method, n, n_prompts, q):
     q.put((peak[0] - base) / 2**20)
 
 
-def main(n_prompts=16, rounds=3, out=Path(__file__).parent / "results"):
+def main(n_prompts=16, rounds=3, out=Path(__file__).parent / "results", lengths=LENGTHS):
     torch.set_num_threads(2)
     tok, te = clip_tokenizer(), text_encoder()
     rows = []
-    for n in LENGTHS:
+    for n in lengths:
         prompts = [make_prompt(n, tok, random.Random(i)) for i in range(n_prompts)]
         content = sum(len(tok(p, verbose=False).input_ids) - 2 for p in prompts)
         sent = [len(tok(s, verbose=False).input_ids) - 2 for p in prompts for s in p.split(". ")]
@@ -130,12 +130,14 @@ def main(n_prompts=16, rounds=3, out=Path(__file__).parent / "results"):
         for r in rows:
             if r["tokens"] == n: r["throughput vs compel"] = r["prompts/s"] / ref
         print(*(f"{r['tokens']:4d} {r['method']:18s} {r['prompts/s']:7.2f}/s  x{r['throughput vs compel']:.2f}  "
-                f"eff {r['padding efficiency']:.2f}  peak {r['peak MiB above model']:.0f} MiB" for r in rows if r["tokens"] == n), sep="\n")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"prompts": n_prompts, "rounds": rounds, "threads": torch.get_num_threads(), "versions": package_versions()}
-    (out / "encoding.json").write_text(json.dumps({"rows": rows, **meta}, indent=1))
-    md = markdown(rows, meta)
-    (out / "encoding.md").write_text(md)
+                f"eff {r['padding efficiency']:.2f}  peak {r['peak MiB above model']:.0f} MiB" for r in rows if r["tokens"] == n),
+              sep="\n", flush=True)
+        out.mkdir(parents=True, exist_ok=True)       # written after every length: a long run that is stopped keeps its rows
+        meta = {"prompts": n_prompts, "rounds": rounds, "threads": torch.get_num_threads(), "versions": package_versions(),
+                "load average": os.getloadavg()[0]}
+        (out / "encoding.json").write_text(json.dumps({"rows": rows, **meta}, indent=1))
+        md = markdown(rows, meta)
+        (out / "encoding.md").write_text(md)
     print(md)
 
 
@@ -149,7 +151,8 @@ def markdown(rows, meta):
               f"{statistics.mean(r['mean sentence tokens'] for r in rows):.0f} tokens on average. The two LongPromptEncoder rows "
               f"are called in grad mode on weights that require grad: the first (what `from_pipe` builds) runs without "
               f"autograd, the second records a graph (`text_grad=True`, what `encode` did before issue 23); the loop and "
-              f"compel run under `torch.no_grad()`. `python bench/encoding.py`")
+              f"compel run under `torch.no_grad()`. 1-minute load average {meta['load average']:.1f} on the machine at the end "
+              f"(a shared machine: compare the ratios within a length). `python bench/encoding.py`")
     return "\n".join(md) + "\n"
 
 
@@ -157,5 +160,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="prompt lengths in CLIP tokens")
     a = ap.parse_args()
-    main(a.prompts, a.rounds)
+    main(a.prompts, a.rounds, lengths=a.lengths)

@@ -279,10 +279,8 @@ class LongPromptEncoder:
     @classmethod
     def from_pipe(cls, pipe, **kwargs) -> "LongPromptEncoder":
         "An encoder over an SD-1.5-family or SDXL pipeline's text towers, for inference (`text_grad=False` unless given)."
-        kind = _pipe_kind(pipe)
-        extra = {} if kind == "sd" else dict(tokenizer_2=pipe.tokenizer_2, text_encoder_2=pipe.text_encoder_2,
-                                             zero_negative=bool(pipe.config.get("force_zeros_for_empty_prompt", False)))
-        return cls(pipe.tokenizer, pipe.text_encoder, **{"text_grad": False, **extra, **kwargs})
+        second = _second_tower(pipe)        # refuses, by name, a pipeline that is neither SD-1.5-family nor SDXL
+        return cls(pipe.tokenizer, pipe.text_encoder, **{"text_grad": False, **second, **kwargs})
 
     def config(self) -> dict:
         "What a saved run must record to encode the same way."
@@ -562,6 +560,12 @@ class LongPromptEncoder:
         if out.pooled_prompt_embeds is None: return embeds
         return embeds + (rep(out.pooled_prompt_embeds), rep(out.negative_pooled_prompt_embeds) if cfg else None)
 
+def _second_tower(pipe) -> dict:
+    "`LongPromptEncoder` arguments for an SDXL pipeline's second tower ({} for an SD-1.5-family pipeline)."
+    if _pipe_kind(pipe) == "sd": return {}
+    return dict(tokenizer_2=pipe.tokenizer_2, text_encoder_2=pipe.text_encoder_2,
+                zero_negative=bool(pipe.config.get("force_zeros_for_empty_prompt", False)))
+
 def _pipe_kind(pipe) -> str:
     "'sd' for an SD-1.5-family pipeline (one CLIP tower), 'sdxl' for SDXL (two); anything else is refused, by name."
     import diffusers
@@ -607,7 +611,7 @@ def encoder_from_preset(
     encoders: str = "clip-cat", # 'clip-cat', 't5-mlp' or 'clip+t5'
     overrides: dict | None = None,
     zoo=None,                   # toy preset: a built `toyworld.Zoo`
-    pipe=None,                  # reuse this pipeline's tokenizer and text encoder instead of loading them
+    pipe=None,                  # reuse this pipeline's tokenizer(s) and text encoder(s) instead of loading them
     **kwargs,                   # `LongPromptEncoder` arguments overriding the preset's
 ) -> LongPromptEncoder:
     "A `LongPromptEncoder` with the preset's models, target length, splitter mode, `<pad*>` and policy."
@@ -615,7 +619,7 @@ def encoder_from_preset(
     args = dict(target_length=p.target_length, policy=p.policy, pad_star=p.pad_star, mode=p.splitter, encoders=encoders)
     toy = p.ref("text_encoder").kind == "toy"
     if toy: zoo = _toy_zoo(zoo)
-    if pipe is not None: tok, te = pipe.tokenizer, pipe.text_encoder
+    if pipe is not None: args.update(_second_tower(pipe)); tok, te = pipe.tokenizer, pipe.text_encoder   # SDXL: both towers
     elif toy: tok, te = zoo.load("tokenizer"), zoo.load("text_encoder")
     else:
         from transformers import CLIPTextModel, CLIPTokenizer

@@ -19,8 +19,10 @@ SHORT = "A red circle. It is small. A blue square."
 def test_sdxl_keep_all_at_77_equals_the_pipelines_encode_prompt(pipe):
     """Where the policies coincide (one segment, every special token and <pad> kept, 77 positions), the segment encoder is
     diffusers' SDXL encoding: both towers' penultimate states, the pooled vector, zeros for negative_prompt=None."""
+    from longalign.encoding import encoder_from_preset
     enc = LongPromptEncoder.from_pipe(pipe, target_length=77, policy="keep-all")
     assert enc.layer == "penultimate" and enc.zero_negative and enc.config()["towers"] == 2
+    assert encoder_from_preset("sd15", pipe=pipe).config()["towers"] == 2        # a preset over an SDXL pipe: both towers
     with torch.no_grad():
         for neg in (None, "blurry, low quality."):
             ours = enc.encode_prompt([SHORT, "A green star."], negative_prompt=neg, num_images_per_prompt=2)
