@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #a13ae311
 from __future__ import annotations
-import contextlib, csv, dataclasses, functools, json, math, os, platform, random, shutil, socket, sys, time
+import contextlib, csv, dataclasses, functools, json, math, os, platform, random, shutil, socket, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -14,13 +14,17 @@ import numpy as np
 import torch
 from torch import nn
 
+# Progress goes to the terminal (`progress_bar`), never to notebook widgets, so tqdm.auto's warning that ipywidgets is
+# missing tells a reader nothing: it is kept out of executed notebooks, the docs and the README.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'checkpoint_hooks', 'ModelRef', 'Preset', 'get_preset', 'ModelUnavailableError', 'hub_offline',
-           'hub_reachable', 'load_role', 'default_device', 'default_dtype', 'default_mixed_precision',
+__all__ = ['ROLES', 'PRESETS', 'checkpoint_hooks', 'ModelRef', 'Preset', 'parse_overrides', 'get_preset', 'ModelUnavailableError',
+           'hub_offline', 'hub_reachable', 'load_role', 'default_device', 'default_dtype', 'default_mixed_precision',
            'package_versions', 'run_record', 'TextAdapter', 'FeatureStats', 'frechet_distance', 'fid_from_features',
            'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult',
            'trainable_state_dict', 'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note', 'fit',
-           'read_prompts']
+           'read_prompts', 'process_state', 'free_port', 'launch']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -112,15 +116,21 @@ PRESETS = {
 }
 
 # %% ../nbs/00_core.ipynb #972efac4
+def parse_overrides(overrides) -> dict | None:
+    "`overrides` as a dict: papermill's `-p overrides '{\"role\": \"/path\"}'` arrives as a JSON string."
+    if overrides is None or isinstance(overrides, dict): return overrides
+    if isinstance(overrides, str):
+        try: overrides = json.loads(overrides)
+        except json.JSONDecodeError as e: raise ValueError(f"overrides={overrides!r} is not JSON: give '{{\"role\": \"/local/path\"}}' ({e})") from None
+    if not isinstance(overrides, dict): raise ValueError(f"overrides must map roles to local paths, got {overrides!r}")
+    return overrides
+
 def get_preset(
     preset: str | Preset = "toy",   # a preset name from `PRESETS` or a `Preset`
     overrides: dict | None = None,  # role -> local path or hub id, replacing the preset's entry
 ) -> Preset:
     "The preset named `preset` with `overrides` applied."
-    if isinstance(overrides, str):      # papermill's `-p overrides '{"role": "/path"}'` arrives as a string
-        try: overrides = json.loads(overrides)
-        except json.JSONDecodeError as e: raise ValueError(f"overrides={overrides!r} is not JSON: give '{{\"role\": \"/local/path\"}}' ({e})") from None
-        if not isinstance(overrides, dict): raise ValueError(f"overrides must map roles to local paths, got {overrides!r}")
+    overrides = parse_overrides(overrides)
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is not known; choose one of {sorted(PRESETS)}")
@@ -327,7 +337,9 @@ class TrainConfig:
     output_dir: str                         # checkpoints, metrics.csv, config.json and final weights go here
     max_steps: int                          # optimizer steps
     batch_size: int = 8                     # global batch per optimizer step (all processes and micro-batches)
-    grad_accum: int = 1                     # micro-batches per optimizer step
+    grad_accum: int = 1                     # micro-batches per optimizer step (derived instead when per_device_batch is set)
+    per_device_batch: int | None = None     # at most this many samples per process at once: the harness takes the largest
+                                            # micro-batch <= it that divides batch_size / processes and derives grad_accum
     lr: float = 1e-4
     weight_decay: float = 1e-2              # AdamW weight decay
     lr_scheduler: str = "constant_with_warmup"  # a diffusers `get_scheduler` name
@@ -348,6 +360,18 @@ class TrainConfig:
             raise ValueError(f"batch_size={self.batch_size} must be a positive multiple of num_processes × grad_accum = "
                              f"{num_processes} × {self.grad_accum}; change batch_size or grad_accum")
         return per
+
+    def layout(self, num_processes: int) -> tuple[int, int]:
+        "(samples per process per micro-batch, micro-batches per optimizer step): the global `batch_size` on `num_processes`."
+        if self.per_device_batch is None: return self.micro_batch(num_processes), self.grad_accum
+        if self.grad_accum != 1: raise ValueError(f"grad_accum={self.grad_accum} and per_device_batch={self.per_device_batch}: "
+                                                  "give one of them (per_device_batch derives grad_accum)")
+        if self.per_device_batch < 1: raise ValueError(f"per_device_batch={self.per_device_batch} must be >= 1")
+        if self.batch_size % num_processes: raise ValueError(f"batch_size={self.batch_size} (the global batch) must be a "
+                                                             f"multiple of the {num_processes} processes; change batch_size")
+        share = self.batch_size // num_processes
+        per = max(d for d in range(1, min(share, self.per_device_batch) + 1) if share % d == 0)
+        return per, share // per
 
 # %% ../nbs/00_core.ipynb #62bc7410
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -540,16 +564,18 @@ def fit(
 
     cfg, collate = config, collate or default_collate
     out = Path(cfg.output_dir)
-    acc = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, log_with=cfg.log_with,
+    # Without a GPU, CPU processes must be asked for: accelerate's default would make each launched process a run of its own
+    acc = Accelerator(cpu=cfg.cpu or not _has_accelerator(), mixed_precision=cfg.mixed_precision, log_with=cfg.log_with,
                       project_dir=str(out) if cfg.log_with else None)
-    per = cfg.micro_batch(acc.num_processes)
+    per, accum = cfg.layout(acc.num_processes)
     ckpts = list_checkpoints(out)
     if ckpts and not resume:
         raise ValueError(f"{out} already holds checkpoints ({ckpts[-1].name}); pass resume=True to continue that run, or "
                          f"choose another output_dir. Nothing was deleted.")
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _check_or_write_config(out, cfg, record or {}, resuming=bool(ckpts))
+        layout = {"num_processes": acc.num_processes, "per_device_batch": per, "grad_accum": accum}
+        _check_or_write_config(out, cfg, {**(record or {}), "layout": layout}, resuming=bool(ckpts))
     acc.wait_for_everyone()
 
     set_seed(cfg.seed, device_specific=True)
@@ -572,19 +598,19 @@ def fit(
     for step in range(start, cfg.max_steps):
         idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed)
         sums, finite = {}, True
-        for micro in range(cfg.grad_accum):
+        for micro in range(accum):
             lo = (micro * acc.num_processes + acc.process_index) * per
             mine = idx[lo:lo + per]
             batch = collate([dataset[i] for i in mine])
             ctx = StepContext(acc, step, micro, cfg, mine)
-            sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else acc.no_sync(model)
+            sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model)
             with sync:
                 res = step_fn(model, batch, ctx)
                 res = res if isinstance(res, dict) else {"loss": res}
                 loss = res["loss"]
                 finite &= bool(torch.isfinite(loss.detach()).all())
-                acc.backward(loss / cfg.grad_accum)
-            for k, v in res.items(): sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach().float().mean()) / cfg.grad_accum
+                acc.backward(loss / accum)
+            for k, v in res.items(): sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach().float().mean()) / accum
         grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf"))
         finite &= bool(torch.isfinite(torch.as_tensor(grad_norm)).all())
         bad = acc.reduce(torch.tensor([0.0 if finite else 1.0], device=acc.device), reduction="sum")
@@ -604,7 +630,7 @@ def fit(
                 csv.writer(f).writerows([(step + 1, k, repr(v)) for k, v in row.items()])
             written += [(step + 1, k, v) for k, v in row.items()]
         if cfg.log_with: acc.log(row, step=step + 1)
-        bar.update(1); bar.set_postfix(loss=f"{row['loss']:.4g}")
+        bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False); bar.update(1)   # update() redraws at tqdm's pace
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
             last_ckpt = _save_checkpoint(acc, model, opt, sched, done, cfg)
@@ -630,3 +656,35 @@ def read_prompts(path) -> list:
     if not out: raise ValueError(f"prompt file {path} has no non-empty prompt")
     if len({r["id"] for r in out}) != len(out): raise ValueError(f"prompt file {path} repeats ids: each image is named by its id")
     return out
+
+# %% ../nbs/00_core.ipynb #85a16120
+def _has_accelerator() -> bool:
+    "Whether torch sees a GPU (CUDA/ROCm, or another accelerator torch knows of)."
+    if torch.cuda.is_available(): return True
+    acc = getattr(torch, "accelerator", None)
+    return bool(acc is not None and acc.is_available())
+
+def process_state():
+    "accelerate's `PartialState` of this process: which process it is and how many there are (CPU processes without a GPU)."
+    from accelerate import PartialState
+    return PartialState(cpu=not _has_accelerator())
+
+def free_port() -> int:
+    "A TCP port on this machine that nothing listens on now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def launch(fn: Callable, num_processes: int = 1):
+    "Run `fn()` in this process, or in `num_processes` processes through accelerate's `notebook_launcher` (a free port)."
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes={num_processes!r}: give 1 (this process) or the number of processes (GPUs) to launch")
+    if num_processes == 1: return fn()
+    from accelerate import notebook_launcher
+    def child():
+        # The processes are forked from the kernel, and the OpenMP pool of a parent that already ran a parallel CPU op
+        # cannot be used in a forked child (GNU libgomp is not fork-safe): its first parallel op would hang. One CPU
+        # thread per process avoids the pool; the GPUs do the work (on a CPU-only machine: one core per process).
+        torch.set_num_threads(1)
+        return fn()
+    notebook_launcher(child, num_processes=num_processes, use_port=str(free_port()))

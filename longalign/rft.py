@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TrainConfig, get_preset, read_prompts, run_record
+from .core import TrainConfig, get_preset, parse_overrides, read_prompts, run_record
 from .encoding import LongPromptEncoder
 from .preference import PreferenceModel, batch_common_direction, common_direction, decompose, open_clip_preference
 from .sft import add_unet_lora, fit_with_evals, load_long_sd, sample_long, save_long_sd
@@ -205,6 +205,7 @@ class RFTConfig:
     steps: int = 40
     batch_size: int = 8           # global batch per optimizer step
     grad_accum: int = 1
+    per_device_batch: int | None = None  # at most this many images per process at once (grad_accum is then derived)
     lr: float = 1e-3
     weight_decay: float = 1e-2
     max_grad_norm: float = 0.3
@@ -229,7 +230,7 @@ class RFTConfig:
         name = get_preset(preset).name
         if name == "sd15":
             base = dict(steps=4000, batch_size=48, lr=3e-5, warmup_steps=2000, sampler_steps=50, grad_steps=5, guidance=7.5,
-                        mixed_precision="bf16", checkpoint_every=200)
+                        mixed_precision="bf16", checkpoint_every=200, per_device_batch=8)
         elif name == "sd15-arch": base = dict(steps=1, batch_size=1, lr=3e-5, warmup_steps=0, sampler_steps=2, grad_steps=1, checkpoint_every=1)
         else: base = {}
         return cls(**{**base, **kw})
@@ -275,7 +276,8 @@ def train_rft(
         gen = _generator(cfg.seed, ctx.step, ctx.accelerator.process_index, ctx.micro_step)
         return m(batch, gen, ctx.accelerator)
 
-    tc = TrainConfig(output_dir=str(out), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lr=cfg.lr,
+    tc = TrainConfig(output_dir=str(out), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                     per_device_batch=cfg.per_device_batch, lr=cfg.lr,
                      weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
                      mixed_precision=cfg.mixed_precision, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                      progress=progress, cpu=cpu)
@@ -348,7 +350,7 @@ def load_reward_model(preset="toy", role: str = "denscore", path=None, zoo=None,
     "The reward `PreferenceModel` of a preset: the toy Denscore, a random CLIP-H (`sd15-arch`), or local / hub CLIP weights."
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
     from longalign.core import load_role
-    p = get_preset(preset, {**(overrides or {}), **({role: str(path)} if path else {})})
+    p = get_preset(preset, {**(parse_overrides(overrides) or {}), **({role: str(path)} if path else {})})
     kind = p.ref(role).kind
     if kind == "toy":
         from longalign.preference import toy_preference_model

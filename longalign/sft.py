@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TextAdapter, TrainConfig, fid_from_features, fit, get_preset, list_checkpoints, run_record
+from .core import TextAdapter, TrainConfig, fid_from_features, fit, get_preset, list_checkpoints, process_state, run_record
 from .encoding import LongPromptEncoder, encoder_from_preset, load_pipeline
 
 # %% auto #0
@@ -76,7 +76,7 @@ def arch_models(preset="sd15-arch", encoders: str = "clip-cat", seed: int = 0) -
         if "t5" in encoders:
             out["t5_tokenizer"] = train_t5_tokenizer(["a photo of a cat on a mat."] * 4, vocab_size=256)
             out["t5"] = T5EncoderModel(T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16))
-            out["t5_adapter"] = TextAdapter(1024, 1024, 768)
+            out["t5_adapter"] = TextAdapter(1024, 896, 768)   # the released LaVi-Bridge T5-UNet adapter's shape
     return {k: v.eval() if isinstance(v, nn.Module) else v for k, v in out.items()}
 
 def load_long_sd(
@@ -249,6 +249,7 @@ class SFTConfig:
     lora_dropout: float = 0.1
     caption_dropout: float = 0.1
     cache_embeddings: bool = True # keep each caption's frozen text features (CLIP segments, T5 states) in memory
+    per_device_batch: int | None = None  # at most this many images per process at once (grad_accum is then derived)
     mixed_precision: str = "no"
     checkpoint_every: int = 100
     seed: int = 0
@@ -259,7 +260,7 @@ class SFTConfig:
         name = get_preset(preset).name
         if name == "sd15":
             base = cls(steps=30_000, batch_size=192, lr=3e-5, warmup_steps=2000, max_grad_norm=1.0, mixed_precision="bf16",
-                       checkpoint_every=1000, cache_embeddings=False)
+                       checkpoint_every=1000, cache_embeddings=False, per_device_batch=32)
         elif name == "sd15-arch": base = cls(steps=1, batch_size=1, lr=3e-5, warmup_steps=0, checkpoint_every=1)
         else: base = cls()
         return replace(base, **kw)
@@ -281,7 +282,7 @@ def train_sft(
     targets = add_unet_lora(pipe.unet, preset, cfg.rank, cfg.lora_dropout, cfg.seed)
     model = LongSD(pipe, enc, cfg.caption_dropout, cache_embeddings=cfg.cache_embeddings)
     tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                     lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
+                     per_device_batch=cfg.per_device_batch, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
                      mixed_precision=cfg.mixed_precision, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                      progress=progress, cpu=cpu)
     collate = lambda rows: {"pixels": torch.stack([r["pixels"] for r in rows]), "caption": [r["caption"] for r in rows]}
@@ -306,14 +307,15 @@ def fit_with_evals(model, dataset, step_fn, config: TrainConfig, collate=None, r
     done = {json.loads(l)["step"] for l in path.read_text().splitlines()} if path.exists() else set()
     wanted = sorted({s for s in (eval_steps or []) if 0 <= s <= config.max_steps})
     def run_eval(step):
-        from accelerate import PartialState
         if evaluate is None or step not in wanted or step in done: return
-        model.eval(); row = evaluate()
-        images = row.pop("images", None)
-        if PartialState().is_main_process:
+        state = process_state()
+        if state.is_main_process:                 # one process evaluates and writes; the others wait for it
+            model.eval(); row = evaluate()
+            images = row.pop("images", None)
             out.mkdir(parents=True, exist_ok=True)
             if images is not None: save_grid(images, out / "samples" / f"step_{step:06d}.png")
             with open(path, "a") as f: f.write(json.dumps({"step": step, **row}) + "\n")
+        state.wait_for_everyone()
     if not list_checkpoints(out): run_eval(0)
     result = None
     for stop in sorted({s for s in wanted if s > 0} | {config.max_steps}):

@@ -1096,6 +1096,7 @@ def zoo_cli(
     seed: int = 0,          # zoo seed
 ):
     "Build the toy world's zoo (or verify its cache) and print where each role lies and its metrics."
+    smoke = smoke or bool(os.environ.get("IN_TEST"))   # the test-size zoo under nbdev_test and CI
     cfg = ZooConfig.smoke(seed) if smoke else ZooConfig(seed=seed)
     t0 = time.time()
     zoo = build_zoo(cfg, cache_dir)

@@ -1,6 +1,6 @@
 """The docs: nbdev builds from the top-level _quarto.yml, and every page of the site renders in headless Chromium
 with its API reference (a show_doc entry per exported name), its figures, and no broken local links."""
-import os, re, shutil, subprocess, sys
+import html, os, re, shutil, subprocess, sys
 from html.parser import HTMLParser
 from pathlib import Path
 import pytest
@@ -75,3 +75,38 @@ def test_every_page_renders_with_api_reference_figures_and_links(site, tmp_path)
         nb_text = (ROOT / "nbs" / f"{name}.ipynb").read_text()
         if '"image/png"' in nb_text:
             assert any(src.startswith("data:image/png") for src in page.imgs), f"{name}: a figure did not render"
+
+
+# Leftovers of the machine a notebook ran on: warnings printed into outputs, absolute paths of a venv, a kernel's temp
+# files or a home folder. None belongs in what readers see (README.md, the rendered pages).
+LEFTOVERS = re.compile(r"(\w*Warning\b|site-packages|\.venv/lib|/tmp/ipykernel|/work/|/root/|/home/\w+)")
+
+def _leftovers(text: str) -> list:
+    return sorted({text[max(0, m.start() - 60):m.end() + 20].replace("\n", " ") for m in LEFTOVERS.finditer(text)})
+
+def _split_tables(markdown: str) -> list:
+    "Table rows that do not follow a header and a separator: what a blank line inside a table renders as text."
+    bad, block = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"): block.append(line); continue
+        if block and not (len(block) >= 2 and re.match(r"^\|(\s*:?-{3,}:?\s*\|)+\s*$", block[1])): bad.append(block[0])
+        block = []
+    return bad
+
+def test_leftover_and_table_checks_catch_what_they_are_for():
+    assert _leftovers("x\n/work/main/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found")
+    assert _leftovers("/tmp/ipykernel_3697/281810466.py:193: UserWarning: LongPromptEncoder")
+    assert not _leftovers("Denscore of 32 images, `python bench/preference.py`, runs/05_rft.ipynb")
+    assert _split_tables("| a | b |\n|---|---|\n| 1 | 2 |\n\n| 3 | 4 |\n") == ["| 3 | 4 |"]
+    assert _split_tables("| a | b |\n|---|---|\n| 1 | 2 |\n\ntext\n| c |\n|:---:|\n| 5 |\n") == []
+
+def test_readme_has_no_machine_leftovers_and_whole_tables():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert _leftovers(readme) == [], "README.md shows machine leftovers: regenerate it from a clean run of nbs/index.ipynb"
+    assert _split_tables(readme) == [], "a table in README.md is split by a blank line (its rows render as text)"
+
+def test_rendered_pages_have_no_machine_leftovers(site):
+    for page in sorted(site.glob("*.html")):
+        text = re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8"))
+        text = html.unescape(text)
+        assert _leftovers(text) == [], f"{page.name} shows machine leftovers (re-run its notebook, or silence them at the source)"

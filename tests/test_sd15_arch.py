@@ -42,6 +42,7 @@ def test_one_sft_step_with_sd15_architectures(tmp_path):
     assert cfg["settings"]["encoding"]["encoders"] == "clip+t5" and cfg["train"]["lr"] == 3e-5
     adapter = load_file(next((run / "lora" / "t5_adapter").glob("*.safetensors")))
     assert adapter["ff1.net.0.proj.weight"].shape[1] == 1024 and adapter["ff2.net.2.weight"].shape[0] == 768   # T5-large 1024 -> UNet 768
+    assert adapter["norm2.weight"].shape[0] == 896                  # through the released LaVi-Bridge adapter's 896 (was 1024)
     m = pd.read_csv(run / "metrics.csv")
     assert m[m.name == "loss"].value.between(0, 10).all() and m.step.max() == 1
 
