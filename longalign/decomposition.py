@@ -13,7 +13,8 @@ _all_ = ["common_direction", "decompose", "reweight", "batch_common_direction", 
 
 # %% auto #0
 __all__ = ['score_tables', 'paired_unpaired', 'retrieval_hits', 'r_at_1', 'paired_difference', 'random_init_like',
-           'common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection']
+           'toy_preference_configs', 'retrieval_table_settings', 'common_direction', 'decompose', 'reweight',
+           'batch_common_direction', 'RunningDirection']
 
 # %% ../nbs/03_decomposition.ipynb #2fabed33
 def score_tables(image_embeds: torch.Tensor, text_embeds: torch.Tensor, V: torch.Tensor) -> dict:
@@ -56,3 +57,16 @@ def random_init_like(model):
     "A model of the same class and config with freshly initialised weights (the untrained baseline of the cone effect)."
     torch.manual_seed(0)
     return type(model)(model.config).eval()
+
+def toy_preference_configs(smoke: bool = False) -> tuple:
+    "`({kind: PreferenceTrainConfig}, n_pairs)` of the toy preference models analysed here: 02's defaults (or its smoke sizes), so 02's cached models are reused."
+    from longalign.preference import PreferenceTrainConfig
+    cfgs = {k: PreferenceTrainConfig(loss=k, steps=3, batch_size=8) if smoke else PreferenceTrainConfig(loss=k) for k in ("single", "seg-a", "seg-o")}
+    return cfgs, 64 if smoke else 3000
+
+def retrieval_table_settings(n_retrieval: int, gallery: int, seed: int, smoke: bool = False) -> dict:
+    "Every setting besides the zoo that changes Tables 1 and 4: the key they are recorded under (07 reads them back by it)."
+    from dataclasses import asdict
+    cfgs, n_pairs = toy_preference_configs(smoke)
+    return {"n_retrieval": n_retrieval, "gallery": gallery, "seed": seed, "n_pairs": n_pairs,
+            "models": {k: asdict(c) for k, c in cfgs.items()}, "random_clip_seed": 0}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_eval.ipynb #9183c5e6
 from __future__ import annotations
-import argparse, base64, csv, hashlib, io, json, math, os, re, tempfile, time, urllib.request
+import argparse, base64, csv, hashlib, io, json, logging, math, os, re, tempfile, time, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +15,16 @@ from torch import nn
 
 from .core import FeatureStats, frechet_distance, get_preset, package_versions, read_prompts
 
+_log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['JUDGE_TEMPLATE', 'JUDGE_SYSTEM', 'feature_stats', 'fid_from_stats', 'InceptionFeatures', 'fid',
+__all__ = ['JUDGE_TEMPLATE', 'JUDGE_SYSTEM', 'feature_stats', 'fid_from_stats', 'InceptionFeatures', 'fid', 'UnscorablePrompt',
            'toy_caption_from_text', 'ToyVQA', 'VQAScore', 'JudgeError', 'OpenAICompatibleClient', 'parse_verdict',
            'image_hash', 'PairwiseJudge', 'DPGQuestion', 'load_dpg_bench', 'grid_tiles', 'dpg_images', 'gated_answers',
            'dpg_score', 'truncate_prompt', 'length_sweep', 'official_lora_modules', 'merge_official_lora',
-           'sample_folder', 'read_images', 'load_folder', 'check_metrics', 'evaluate_folder', 'toy_world', 'sample_cli',
-           'eval_cli', 'toy_models', 'toy_eval_folder', 'read_summary', 'load_images', 'ToyJudgeClient',
-           'toy_benchmark', 'record_table', 'read_table']
+           'sample_manifest', 'sample_folder', 'read_images', 'load_folder', 'check_metrics', 'evaluate_folder',
+           'toy_world', 'sample_cli', 'eval_cli', 'toy_models', 'toy_eval_folder', 'read_summary', 'load_images',
+           'ToyJudgeClient', 'toy_benchmark', 'record_table', 'read_table']
 
 # %% ../nbs/06_eval.ipynb #ebd58f49
 def feature_stats(
@@ -80,6 +82,9 @@ def fid(
 _SHAPE_RE = r"(circle|square|triangle)"
 _POS_RE = r"(top left|top right|bottom left|bottom right)"
 
+class UnscorablePrompt(ValueError):
+    "A prompt the VQA-style score cannot read (e.g. a caption that states no toy-world fact, for the toy score)."
+
 def toy_caption_from_text(text: str):
     "Recover a toy `Caption` (sentences and their facts) from its text, for scoring a folder of images with the oracle."
     from longalign.toyworld import COLOURS, POSITIONS, SIZES, Caption, Fact
@@ -97,7 +102,7 @@ def toy_caption_from_text(text: str):
         if cell is None or (colour is None) == (size is None): facts.append(None)   # the opening line, or not a toy fact
         else: facts.append(Fact(cell, "colour", colour) if colour else Fact(cell, "size", size))
     if not any(f is not None for f in facts):
-        raise ValueError(f"prompt {text[:60]!r} states no toy-world fact: the toy VQA score reads captions written by the toy world")
+        raise UnscorablePrompt(f"prompt {text[:60]!r} states no toy-world fact: the toy VQA score reads captions written by the toy world")
     return Caption(tuple(sents), tuple(facts), "")
 
 class ToyVQA:
@@ -355,8 +360,40 @@ def merge_official_lora(unet, path) -> int:
 def _save_png(image: torch.Tensor, path: Path):
     tmp = path.with_suffix(".tmp.png"); _to_pil(image).save(tmp); os.replace(tmp, path)
 
+def _digest(path) -> str:
+    "SHA-256 of a weights file, or of a folder's files (names and contents): the identity of a LoRA, wherever it lies."
+    path = Path(path).expanduser()
+    if not path.exists(): raise FileNotFoundError(f"LoRA {path} not found")
+    h = hashlib.sha256()
+    for f in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()[:16]
+
+def _zoo_id(zoo) -> str:
+    "A short hash of the zoo's entries (each entry's folder name carries its own config hash)."
+    from longalign.toyworld import config_hash
+    return config_hash({k: Path(v).name for k, v in sorted(zoo.entries.items())})
+
+_MANIFEST_NOTES = ("lora_paths", "official_lora_paths", "written")   # recorded for people; not part of what must match
+
+def sample_manifest(rows, preset="toy", encoders="clip+t5", lora=(), official_lora=(), overrides=None, steps=25,
+                    guidance=None, seed=0, zoo=None) -> dict:
+    "Everything that decides a folder's images (`sample_folder`'s arguments, LoRAs by content, the toy zoo by its entries)."
+    return {"prompts": hashlib.sha256(json.dumps([[r["id"], r["caption"]] for r in rows]).encode()).hexdigest()[:16],
+            "n_prompts": len(rows), "preset": get_preset(preset).name,
+            "overrides": {k: str(v) for k, v in sorted((overrides or {}).items())}, "encoders": encoders or "base",
+            "lora": [_digest(f) for f in lora], "official_lora": [_digest(f) for f in official_lora],
+            "steps": steps, "guidance": guidance, "seed": seed,
+            "zoo": {k: Path(v).name for k, v in sorted(zoo.entries.items())} if zoo is not None else None,
+            "lora_paths": [str(f) for f in lora], "official_lora_paths": [str(f) for f in official_lora]}
+
+def _manifest_diff(old: dict, new: dict) -> list:
+    return [k for k in sorted(set(old) | set(new)) if k not in _MANIFEST_NOTES and old.get(k) != new.get(k)]
+
 def sample_folder(
-    out_dir,                        # gets {id}.png and prompts.jsonl
+    out_dir,                        # gets {id}.png, prompts.jsonl and manifest.json
     prompts,                        # a prompt file or rows from `read_prompts`
     preset="toy", encoders: str | None = "clip+t5",   # None: the base pipeline's own 77-token encoding
     lora=(),                        # `save_long_sd` folders, applied in order (all fused)
@@ -364,20 +401,41 @@ def sample_folder(
     overrides: dict | None = None,  # role -> local path (e.g. t5_adapter -> the official adapter folder)
     steps: int = 25, guidance: float | None = None, seed: int = 0, batch_size: int = 16,
     zoo=None, progress: bool = True,
+    resample: bool = False,         # True: a folder sampled with other settings has its images replaced (else: an error)
 ) -> Path:
-    "Sample long prompts into a folder (UniPC, CFG); a rerun continues where it stopped, with the same images."
+    """Sample long prompts into a folder (UniPC, CFG). A rerun with the same settings continues where it stopped, with the
+    same images; a folder whose `manifest.json` records other settings is refused (or, with `resample`, sampled anew)."""
     from tqdm.auto import tqdm
     from longalign.sft import load_long_sd, load_long_sd_weights, sample_long
     rows = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-    todo = [(i, c) for i, c in enumerate(chunks) if not all((out / f"{r['id']}.png").exists() for r in c)]
-    if not todo: return out
     toy = get_preset(preset).ref("unet").kind == "toy"
     if toy and zoo is None:
         from longalign.toyworld import ZooConfig, build_zoo
         zoo = build_zoo(ZooConfig())
+    if guidance is None: guidance = zoo.cfg.guidance if toy else 7.5
+    manifest = sample_manifest(rows, preset, encoders, lora, official_lora, overrides, steps, guidance, seed, zoo if toy else None)
+    out = Path(out_dir)
+    old_rows = read_prompts(out / "prompts.jsonl") if (out / "prompts.jsonl").is_file() else []
+    pngs = sorted(out.glob("*.png")) if out.is_dir() else []
+    if pngs or (out / "manifest.json").exists():
+        old = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else None
+        diff = _manifest_diff(old, manifest) if old is not None else ["no manifest.json: sampled by an older version, settings unknown"]
+        if diff and not resample:
+            raise ValueError(f"{out} holds {len(pngs)} images sampled with other settings ({', '.join(diff)}): scoring them "
+                             f"against these prompts would mix two runs. Choose another folder, or resample=True "
+                             f"(longalign-sample --resample) to replace them. Nothing was changed.")
+        if diff:                                    # resample: the old images (and any evaluation of them) go
+            for r in old_rows + rows: (out / f"{r['id']}.png").unlink(missing_ok=True)
+            for p in pngs: p.unlink(missing_ok=True)
+            if (out / "eval").is_dir():
+                import shutil; shutil.rmtree(out / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(json.dumps({**manifest, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)); os.replace(tmp, out / "manifest.json")
+    chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    todo = [(i, c) for i, c in enumerate(chunks) if not all((out / f"{r['id']}.png").exists() for r in c)]
+    if not todo: return out
     if encoders is None:                       # the base model as it ships: its own 77-token prompt encoding
         from diffusers import UniPCMultistepScheduler
         from longalign.encoding import load_pipeline
@@ -387,7 +445,6 @@ def sample_folder(
     else: pipe, enc = load_long_sd(preset, encoders, zoo, overrides)
     for folder in lora: load_long_sd_weights(pipe, enc, folder, fuse=True)
     for f in official_lora: merge_official_lora(pipe.unet, f)
-    if guidance is None: guidance = zoo.cfg.guidance if toy else 7.5
     for i, c in tqdm(todo, disable=not progress, desc="sampling"):
         texts, s0 = [r["caption"] for r in c], seed + i * batch_size      # image j of the file always gets seed + j
         imgs = (sample(pipe, texts, steps=steps, guidance=guidance, seed=s0, batch_size=batch_size) if enc is None else
@@ -484,13 +541,15 @@ def evaluate_folder(
             if vqa is not None:
                 for i in idx:
                     try: scores["vqa"][i] = 100 * float(vqa(images[i][None], [caps[i]])[0])
-                    except ValueError: unscorable.append(rows[i]["id"])   # e.g. a non-toy prompt for the toy VQA
+                    except UnscorablePrompt as e:      # e.g. a non-toy prompt for the toy VQA; any other error is a bug: it stops
+                        unscorable.append(rows[i]["id"]); _log.warning("vqa: sample %s not scored: %s", rows[i]["id"], e)
     out = Path(out_dir) if out_dir else Path(images_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w") as f:
         for i, r in enumerate(rows): f.write(json.dumps({**r, **{m: s[i] for m, s in scores.items()}}) + "\n")
     method = method or Path(images_dir).resolve().name
-    versions = json.dumps({"preset": p.name, **{k: v for k, v in package_versions().items() if k in ("longalign", "torch", "diffusers", "transformers")}})
+    versions = json.dumps({"preset": p.name, **({"zoo": _zoo_id(zoo)} if toy else {}),
+                           **{k: v for k, v in package_versions().items() if k in ("longalign", "torch", "diffusers", "transformers")}})
     summary = [(method, m, float(np.nanmean(s)) if not all(map(math.isnan, s)) else float("nan"), int(np.sum(~np.isnan(s))), versions)
                for m, s in scores.items()]
     if "fid" in metrics:
@@ -517,6 +576,10 @@ def toy_world(size: str = "default", preset="toy") -> tuple:
     smoke = size == "smoke"
     return build_zoo(ZooConfig.smoke() if smoke else ZooConfig(), progress=not smoke), (PreferenceTrainConfig(steps=3, batch_size=8) if smoke else None)
 
+def _default_zoo_size() -> str:
+    "'smoke' under a test run (IN_TEST set, as nbdev_test and CI set it), else 'default'."
+    return "smoke" if os.environ.get("IN_TEST") else "default"
+
 def sample_cli(argv=None):
     "longalign-sample: long prompts -> a folder of images and prompts.jsonl."
     ap = argparse.ArgumentParser(prog="longalign-sample", description="Sample long prompts with segment-level encoding (UniPC, CFG).")
@@ -528,9 +591,11 @@ def sample_cli(argv=None):
     ap.add_argument("--official-lora", action="append", default=[], help="an official LongSD LoRA .pt (list of tensors); repeat in order")
     ap.add_argument("--t5-adapter", help="a T5 adapter folder (save_pretrained), e.g. the official s28750_adapter")
     ap.add_argument("--model", action="append", default=[], metavar="ROLE=PATH", help="replace a preset role by a local path")
-    ap.add_argument("--zoo", default="default", choices=["default", "smoke"], help="toy preset: the toy world's size (smoke: for tests)")
+    ap.add_argument("--zoo", default=_default_zoo_size(), choices=["default", "smoke"],
+                    help="toy preset: the toy world's size (smoke: for tests; the default when IN_TEST is set)")
     ap.add_argument("--steps", type=int, default=25); ap.add_argument("--guidance", type=float)
     ap.add_argument("--seed", type=int, default=0); ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--resample", action="store_true", help="OUT was sampled with other settings: replace its images (else an error)")
     a = ap.parse_args(argv)
     if bad := [kv for kv in a.model if "=" not in kv]: ap.error(f"--model takes ROLE=PATH, got {bad[0]!r}")
     overrides = dict(kv.split("=", 1) for kv in a.model)
@@ -538,7 +603,8 @@ def sample_cli(argv=None):
     try:
         rows = read_prompts(a.prompts)          # bad input fails here, before any model loads
         out = sample_folder(a.out, rows, a.preset, None if a.encoders == "base" else a.encoders, a.lora, a.official_lora,
-                            overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=toy_world(a.zoo, a.preset)[0])
+                            overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=toy_world(a.zoo, a.preset)[0],
+                            resample=a.resample)
     except (ValueError, FileNotFoundError, KeyError) as e: ap.error(str(e))
     print(f"images in {out}")
 
@@ -554,7 +620,8 @@ def eval_cli(argv=None):
     ap.add_argument("--reference", help="folder of reference images for FID")
     ap.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth); never downloaded")
     ap.add_argument("--denscore", help="a Denscore folder in CLIPModel.from_pretrained format instead of the preset's")
-    ap.add_argument("--zoo", default="default", choices=["default", "smoke"], help="toy preset: the toy world's size (smoke: for tests)")
+    ap.add_argument("--zoo", default=_default_zoo_size(), choices=["default", "smoke"],
+                    help="toy preset: the toy world's size (smoke: for tests; the default when IN_TEST is set)")
     ap.add_argument("--batch-size", type=int, default=32)
     a = ap.parse_args(argv)
     try:
@@ -665,19 +732,24 @@ def toy_benchmark(
     return {"table2": table2, "judge": pd.DataFrame(rows), "table6": table6, "folders": folders}
 
 # %% ../nbs/06_eval.ipynb #5eda0ade
-def _table_path(name: str, zoo) -> Path:
-    from longalign.toyworld import cache_root
-    return cache_root(zoo.cache_dir) / "tables" / f"{name}_{zoo.path('unet').parent.name}.csv"
+def _table_path(name: str, zoo, settings: dict) -> Path:
+    from longalign.toyworld import cache_root, config_hash
+    return cache_root(zoo.cache_dir) / "tables" / f"{name}_{_zoo_id(zoo)}_{config_hash(settings)}.csv"
 
-def record_table(name: str, rows: list, zoo) -> Path:
-    "Write a result table (a list of flat dicts) for this zoo, atomically."
+def record_table(
+    name: str, rows: list, zoo,
+    settings: dict,                 # every setting besides the zoo that changes the table (sizes, seed, model configs)
+) -> Path:
+    "Write a result table (a list of flat dicts) for this zoo and these settings, atomically (the settings beside it, as JSON)."
     import pandas as pd
-    path = _table_path(name, zoo); path.parent.mkdir(parents=True, exist_ok=True)
+    path = _table_path(name, zoo, settings); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp"); pd.DataFrame(rows).to_csv(tmp, index=False); os.replace(tmp, path)
+    tmp = path.with_suffix(".json.tmp"); tmp.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path.with_suffix(".json"))
     return path
 
-def read_table(name: str, zoo):
-    "A table recorded by `record_table` for this zoo, or None if the notebook that computes it has not run on this zoo."
+def read_table(name: str, zoo, settings: dict):
+    "The table `record_table` wrote for this zoo and exactly these settings, or None if none was recorded for them."
     import pandas as pd
-    path = _table_path(name, zoo)
+    path = _table_path(name, zoo, settings)
     return pd.read_csv(path) if path.exists() else None

@@ -1,5 +1,5 @@
 "Process-level test of the console scripts the README gives: longalign-sample, then longalign-eval, at smoke sizes."
-import json, random, subprocess, sys
+import json, os, random, subprocess, sys
 from pathlib import Path
 
 import pandas as pd
@@ -7,8 +7,8 @@ import pandas as pd
 BIN = Path(sys.executable).parent
 
 
-def _run(*args, check=True):
-    r = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=900)
+def _run(*args, check=True, env=None, timeout=900):
+    r = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=timeout, env=env)
     if check: assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -33,3 +33,26 @@ def test_sample_then_eval(tmp_path):
     assert r.returncode == 2 and "reference" in r.stderr
     r = _run("longalign-sample", tmp_path / "missing.txt", out, "--zoo", "smoke", check=False)
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_zoo_defaults_to_smoke_under_in_test(tmp_path):
+    """CI runs the README's commands verbatim with IN_TEST=1: without --zoo both scripts then use the smoke toy world
+    (the sample folder's manifest and the summary's versions name the zoo), and a rerun with other settings is refused."""
+    from longalign.evaluation import _zoo_id, toy_world
+    from longalign.toyworld import long_caption, scenes
+    caps = [long_caption(s, random.Random(i)).text for i, s in enumerate(scenes(2, seed=3))]
+    (tmp_path / "p.txt").write_text("\n".join(caps) + "\n")
+    env = {**os.environ, "IN_TEST": "1"}
+    _run("longalign-sample", tmp_path / "p.txt", tmp_path / "a", "--encoders", "base", "--steps", "2", env=env, timeout=300)
+    _run("longalign-sample", tmp_path / "p.txt", tmp_path / "b", "--encoders", "base", "--steps", "2", "--zoo", "smoke")
+    smoke = toy_world("smoke")[0]
+    zoo_of = lambda d: json.loads((tmp_path / d / "manifest.json").read_text())["zoo"]
+    assert zoo_of("a") == zoo_of("b") == {k: v.name for k, v in sorted(smoke.entries.items())}
+    assert (tmp_path / "a" / "0.png").read_bytes() == (tmp_path / "b" / "0.png").read_bytes()
+    _run("longalign-eval", tmp_path / "a", "--metrics", "vqa", env=env, timeout=300)
+    s = pd.read_csv(tmp_path / "a" / "eval" / "summary.csv").set_index("metric")
+    assert json.loads(s.loc["vqa", "versions"])["zoo"] == _zoo_id(smoke) and s.loc["vqa", "n"] == 2
+    r = _run("longalign-sample", tmp_path / "p.txt", tmp_path / "a", "--encoders", "base", "--steps", "3", env=env, check=False)
+    assert r.returncode == 2 and "other settings (steps)" in r.stderr and "--resample" in r.stderr
+    _run("longalign-sample", tmp_path / "p.txt", tmp_path / "a", "--encoders", "base", "--steps", "3", "--resample", env=env)
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["steps"] == 3 and not (tmp_path / "a" / "eval").exists()
