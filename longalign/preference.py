@@ -19,8 +19,8 @@ from .encoding import split_segments
 __all__ = ['LOSSES', 'WEIGHT_COLUMN', 'common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection',
            'check_images', 'reward_preprocess', 'PreferenceModel', 'open_clip_preference', 'pair_cross_entropy',
            'prompt_weights', 'preference_loss', 'BadRow', 'check_preference_table', 'PreferencePairs',
-           'PreferenceTrainConfig', 'accumulation_steps', 'train_preference_model', 'toy_preference_model',
-           'preference_table', 'run_preference']
+           'PreferenceTrainConfig', 'train_preference_model', 'toy_preference_model', 'preference_table',
+           'run_preference']
 
 # %% ../nbs/02_denscore.ipynb #689505bb
 def common_direction(text_embeds: torch.Tensor) -> torch.Tensor:
@@ -359,38 +359,15 @@ class PreferenceTrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     lr_scheduler: str = "cosine"    # a diffusers `get_scheduler` name
-    micro_batch: int | None = None  # the most pairs per process per forward pass (None, or more than its share: no accumulation)
+    per_device_batch: int | None = None  # the most pairs per process per forward pass (None: its whole share; see `TrainConfig.layout`)
     prompt_weighting: bool = False  # weight pairs by 1 / num_example_per_prompt, as PickScore's criterion does
 
     @classmethod
     def for_preset(cls, preset: str = "toy", **kw) -> "PreferenceTrainConfig":
         "The preset's defaults (`sd15`: PickScore's recipe, which the paper reuses), with `kw` replacing any of them."
         base = {"sd15": dict(steps=4000, batch_size=128, lr=3e-6, weight_decay=0.3, warmup_steps=500,
-                             lr_scheduler="linear", checkpoint_every=500, micro_batch=16)}.get(preset, {})
+                             lr_scheduler="linear", checkpoint_every=500, per_device_batch=16)}.get(preset, {})
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
-
-def accumulation_steps(
-    batch_size: int,                    # the global batch of one optimizer step
-    num_processes: int = 1,
-    micro_batch: int | None = None,     # the most pairs one process holds in one forward pass (None: its whole share)
-) -> int:
-    "Micro-batches per optimizer step so that batch_size = num_processes × micro-batch × accumulation (a clear error if none)."
-    if micro_batch is not None and (micro_batch < 1 or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size} and micro_batch={micro_batch} must be >= 1")
-    if micro_batch is None or micro_batch * num_processes >= batch_size:   # each process takes its whole share at once
-        if batch_size % num_processes: raise ValueError(
-            f"batch_size={batch_size} does not split over num_processes={num_processes}: choose a multiple of {num_processes}")
-        return 1
-    if batch_size % num_processes:
-        raise ValueError(f"batch_size={batch_size} does not split over num_processes={num_processes}: choose a multiple of "
-                         f"{num_processes} (e.g. {num_processes * micro_batch} for micro-batches of {micro_batch})")
-    if batch_size % (num_processes * micro_batch):
-        share = batch_size // num_processes
-        fits = [d for d in range(micro_batch, 0, -1) if share % d == 0][:3]
-        raise ValueError(f"batch_size={batch_size} is not a multiple of num_processes × micro_batch = {num_processes} × {micro_batch}: "
-                         f"micro_batch={fits[0]} fits ({', '.join(map(str, fits))} do), or choose a batch_size that is a multiple of "
-                         f"{num_processes * micro_batch}")
-    return batch_size // (num_processes * micro_batch)
 
 class _PreferenceTrainer(nn.Module):
     "The model plus the running common direction; `forward` returns the loss, so DDP sees every call."
@@ -436,10 +413,7 @@ def train_preference_model(
     mixed_precision: str | None = None,  # None: bf16 on a GPU that has it, else full precision
 ) -> PreferenceModel:
     "Fine-tune a CLIP preference model with one of `LOSSES`; returns it (eval mode) and saves it with `save_pretrained`."
-    from accelerate import PartialState
     if cfg.loss not in LOSSES: raise ValueError(f"cfg.loss={cfg.loss!r}: choose one of {LOSSES}")
-    processes = PartialState(cpu=cpu).num_processes     # inside the launched processes: how many there are
-    grad_accum = accumulation_steps(cfg.batch_size, processes, cfg.micro_batch)
     pm = PreferenceModel(model, tokenizer, splitter=splitter)
     pairs = PreferencePairs(table, pm.image_size, long_caption=cfg.loss != "single", prompt_weighting=cfg.prompt_weighting)
     trainer = _PreferenceTrainer(pm, cfg.loss, cfg.momentum, cfg.prompt_weighting)
@@ -455,13 +429,11 @@ def train_preference_model(
         if cfg.prompt_weighting: out[WEIGHT_COLUMN] = torch.tensor([r[WEIGHT_COLUMN] for r in rows])
         return out
     if mixed_precision is None: mixed_precision = "no" if cpu else default_mixed_precision()
-    tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=grad_accum, lr=cfg.lr,
+    tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, per_device_batch=cfg.per_device_batch, lr=cfg.lr,
                      weight_decay=cfg.weight_decay, lr_scheduler=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, progress=progress,
                      cpu=cpu, mixed_precision=mixed_precision)
-    batching = {"batch_size": cfg.batch_size, "num_processes": processes, "micro_batch": cfg.batch_size // (processes * grad_accum),
-                "grad_accum": grad_accum}
-    fit(trainer, pairs, step, tc, collate=collate, record={"settings": {"preference": asdict(cfg), "splitter": splitter, "batching": batching}})
+    fit(trainer, pairs, step, tc, collate=collate, record={"settings": {"preference": asdict(cfg), "splitter": splitter}})
     model.eval().requires_grad_(False)
     dest = Path(output_dir) / "model"
     model.save_pretrained(dest); tokenizer.save_pretrained(dest)
@@ -491,7 +463,7 @@ def toy_preference_model(
         shutil.copytree(work / "model", folder / "model"); shutil.copy(work / "metrics.csv", folder / "metrics.csv")
         return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps, "pairs": n_pairs}
     train = asdict(cfg)
-    for field, default in (("lr_scheduler", "cosine"), ("micro_batch", None), ("prompt_weighting", False)):
+    for field, default in (("lr_scheduler", "cosine"), ("per_device_batch", None), ("prompt_weighting", False)):
         if train[field] == default: del train[field]   # defaults: keys stay those of models cached before the field
     key = {"train": train, "n_pairs": n_pairs, "clip": zoo.path("clip").parent.name}
     entry = cached_build(f"pref_{kind}", key, build, zoo.cache_dir)
@@ -531,12 +503,11 @@ def run_preference(
     overrides: dict | None = None,    # {role: local path}
     split: str = "train",
     progress: bool = True,
-    cpu: bool = False,                # True: CPU processes even where CUDA exists (without CUDA they always are)
+    cpu: bool = False,
     **cfg_kw,                         # replaces fields of `PreferenceTrainConfig.for_preset(preset)`
 ) -> PreferenceModel:
     "Fine-tune a real preset's CLIP into a preference model on real pairs: what this notebook launches for `preset='sd15'`."
     from transformers import CLIPModel, CLIPTokenizer
-    cpu = cpu or not torch.cuda.is_available()   # launched processes without CUDA must say so, or each trains alone
     p = get_preset(preset, overrides)
     if p.ref(base_role).kind in ("toy", "arch"):
         raise ValueError(f"preset {p.name!r} has no {base_role} weights to fine-tune: the toy world trains with "

@@ -153,7 +153,7 @@ def _sd15_folder(tmp_path, n=8):
 def test_sd15_denscore_two_processes_through_the_notebooks_own_launch(tmp_path, monkeypatch):
     """`papermill nbs/02_denscore.ipynb … -p preset sd15 -p num_processes 2` through the notebook's notebook_launcher cell
     (two CPU processes): nothing in the kernel creates an Accelerator first, the toy zoo is not built, and the global batch
-    is num_processes × micro_batch × accumulation, all recorded."""
+    is num_processes × per-device batch × accumulation, all recorded."""
     import json, pandas as pd, papermill
     clip_h, _ = _sd15_folder(tmp_path)
     monkeypatch.setenv("LONGALIGN_CACHE", str(tmp_path / "cache"))       # where a toy zoo would be built
@@ -162,22 +162,22 @@ def test_sd15_denscore_two_processes_through_the_notebooks_own_launch(tmp_path, 
     run = tmp_path / "run"
     nb = papermill.execute_notebook(str(nbs / "02_denscore.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(nbs), kernel_name="python3",
                                     progress_bar=False, parameters=dict(preset="sd15", pairs=str(tmp_path / "pairs"), steps=2, batch_size=8,
-                                                                        micro_batch=2, num_processes=2, overrides={"clip_h": str(clip_h)},
+                                                                        per_device_batch=2, num_processes=2, overrides={"clip_h": str(clip_h)},
                                                                         output_dir=str(run)))
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "global batch 8 = 2 processes × micro-batch 2 × 2 accumulation steps" in outputs
+    assert "global batch 8 = 2 processes × 2 pairs × 2 accumulation steps" in outputs
     rec = json.loads((run / "config.json").read_text())
-    assert rec["settings"]["batching"] == {"batch_size": 8, "num_processes": 2, "micro_batch": 2, "grad_accum": 2}
-    assert (rec["train"]["batch_size"], rec["train"]["grad_accum"]) == (8, 2) and rec["settings"]["preference"]["micro_batch"] == 2
+    assert rec["layout"] == {"num_processes": 2, "per_device_batch": 2, "grad_accum": 2}       # as the processes saw it
+    assert (rec["train"]["batch_size"], rec["train"]["per_device_batch"], rec["settings"]["preference"]["per_device_batch"]) == (8, 2, 2)
     m = pd.read_csv(run / "metrics.csv")
     assert m[m.name == "loss"].step.tolist() == [1, 2]
     assert (run / "model" / "config.json").exists()
     assert not any(p.name.startswith(("vae", "clip-", "unet", "oracle")) for p in (tmp_path / "cache").glob("*"))   # no toy zoo
-    # a global batch that does not split fails in the kernel, before any launch, and says what fits
-    with pytest.raises(papermill.PapermillExecutionError, match="micro_batch=3 fits"):
+    # a global batch that does not split over the processes fails in the kernel, before any launch, and says what to change
+    with pytest.raises(papermill.PapermillExecutionError, match="batch_size=9 .the global batch. must be a multiple of the 2 processes"):
         papermill.execute_notebook(str(nbs / "02_denscore.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(nbs), kernel_name="python3",
-                                   progress_bar=False, parameters=dict(preset="sd15", pairs=str(tmp_path / "pairs"), steps=2, batch_size=12,
-                                                                       micro_batch=4, num_processes=2, overrides={"clip_h": str(clip_h)},
+                                   progress_bar=False, parameters=dict(preset="sd15", pairs=str(tmp_path / "pairs"), steps=2, batch_size=9,
+                                                                       per_device_batch=4, num_processes=2, overrides={"clip_h": str(clip_h)},
                                                                        output_dir=str(tmp_path / "bad")))
     assert not (tmp_path / "bad").exists()
 
