@@ -316,7 +316,9 @@ def toy_rft(
         raise ValueError(f"reward={reward!r} scores {'segments' if reward == 'denscore' else 'the caption cut at 77 tokens'}: "
                          f"use cfg.kind={'denscore' if reward == 'denscore' else 'single'!r}")
     denscore = toy_preference_model("seg-o", denscore_cfg, zoo=zoo, progress=progress)
-    model = denscore if reward == "denscore" else toy_preference_model(TOY_REWARDS[reward], zoo=zoo, progress=progress)
+    other = TOY_REWARDS[reward]               # Fig. 6's other rewards train at the size the Denscore was given (smoke sizes too)
+    other_cfg = replace(denscore_cfg, loss=other) if denscore_cfg is not None and other != "clip" else None
+    model = denscore if reward == "denscore" else toy_preference_model(other, other_cfg, zoo=zoo, progress=progress)
     sft = toy_sft(cfg.encoders, sft_cfg, zoo=zoo, denscore_cfg=denscore_cfg, progress=progress)
     prompts = toy_prompts(n_prompts, cfg.seed)
     V = dataset_direction(denscore, prompts)               # the evaluation's Denscore-O and C_X·V
