@@ -522,6 +522,12 @@ def _truncate_metrics(path: Path, step: int):
     os.replace(tmp, path)
 
 # %% ../nbs/00_core.ipynb #c3730bd4
+def _has_accelerator() -> bool:
+    "Whether torch sees a GPU (CUDA/ROCm, or another accelerator torch knows of)."
+    if torch.cuda.is_available(): return True
+    acc = getattr(torch, "accelerator", None)
+    return bool(acc is not None and acc.is_available())
+
 @functools.lru_cache(maxsize=None)
 def _fd_stream(fd: int):
     return open(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
@@ -658,12 +664,6 @@ def read_prompts(path) -> list:
     return out
 
 # %% ../nbs/00_core.ipynb #85a16120
-def _has_accelerator() -> bool:
-    "Whether torch sees a GPU (CUDA/ROCm, or another accelerator torch knows of)."
-    if torch.cuda.is_available(): return True
-    acc = getattr(torch, "accelerator", None)
-    return bool(acc is not None and acc.is_available())
-
 def process_state():
     "accelerate's `PartialState` of this process: which process it is and how many there are (CPU processes without a GPU)."
     from accelerate import PartialState
