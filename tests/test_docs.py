@@ -79,7 +79,7 @@ def test_every_page_renders_with_api_reference_figures_and_links(site, tmp_path)
 
 # Leftovers of the machine a notebook ran on: warnings printed into outputs, absolute paths of a venv, a kernel's temp
 # files or a home folder. None belongs in what readers see (README.md, the rendered pages).
-LEFTOVERS = re.compile(r"(\w*Warning\b|site-packages|\.venv/lib|/tmp/ipykernel|/work/|/root/|/home/\w+)")
+LEFTOVERS = re.compile(r"(\.py:\d+: \w*Warning\b|TqdmWarning|site-packages|\.venv/lib|/tmp/ipykernel|/work/|/root/|/home/\w+)")
 
 def _leftovers(text: str) -> list:
     return sorted({text[max(0, m.start() - 60):m.end() + 20].replace("\n", " ") for m in LEFTOVERS.finditer(text)})
@@ -97,6 +97,7 @@ def test_leftover_and_table_checks_catch_what_they_are_for():
     assert _leftovers("x\n/work/main/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found")
     assert _leftovers("/tmp/ipykernel_3697/281810466.py:193: UserWarning: LongPromptEncoder")
     assert not _leftovers("Denscore of 32 images, `python bench/preference.py`, runs/05_rft.ipynb")
+    assert not _leftovers("class SegmentsDroppedWarning(UserWarning): the API may name warning classes")
     assert _split_tables("| a | b |\n|---|---|\n| 1 | 2 |\n\n| 3 | 4 |\n") == ["| 3 | 4 |"]
     assert _split_tables("| a | b |\n|---|---|\n| 1 | 2 |\n\ntext\n| c |\n|:---:|\n| 5 |\n") == []
 
