@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_toyworld.ipynb #f44c23c6
 from __future__ import annotations
-import contextlib, errno, fcntl, functools, gzip, hashlib, json, math, os, random, re, shutil, time
+import contextlib, errno, fcntl, functools, gzip, tempfile, hashlib, json, math, os, random, re, shutil, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -259,8 +259,8 @@ class CacheError(OSError):
 def _writable_root(root: Path) -> Path:
     try:
         (root / ".locks").mkdir(parents=True, exist_ok=True)
-        probe = root / ".locks" / f".probe-{os.getpid()}"
-        probe.write_bytes(b""); probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root / ".locks")   # a name of its own: threads probe at once
+        os.close(fd); os.unlink(probe)
     except OSError as e:
         raise CacheError(f"the toy-world cache folder {root} cannot be written ({e.strerror or e}): set LONGALIGN_CACHE to a "
                          f"writable folder with a few GB free, or pass cache_dir") from e
