@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_toyworld.ipynb #f44c23c6
 from __future__ import annotations
-import contextlib, errno, fcntl, functools, gzip, tempfile, hashlib, json, math, os, random, re, shutil, time
+import contextlib, errno, fcntl, functools, gzip, tempfile, hashlib, json, math, os, random, re, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -21,13 +21,15 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CAC
            'CLIP_STD', 'ToyObject', 'Scene', 'WorldConfig', 'random_scene', 'scenes', 'optimal_background',
            'background', 'render', 'background_distance', 'Fact', 'Caption', 'long_caption', 'short_caption',
            'cache_root', 'clip_tokenizer_files', 'clip_tokenizer', 'token_lengths', 'facts_after_cut', 'config_hash',
-           'CacheError', 'entry_path', 'cached_build', 'entry_metrics', 'CellReader', 'to_cells', 'cell_labels',
-           'degrade', 'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy', 'train_oracle',
-           'scene_to_json', 'scene_from_json', 'caption_to_json', 'caption_from_json', 'image_to_png',
-           'image_from_bytes', 'long_caption_dataset', 'PreferenceConfig', 'break_facts', 'facts_shown',
-           'preference_dataset', 'clip_pixels', 'fact_token_labels', 'train_t5_tokenizer', 'caption_before_cut',
-           'ZooConfig', 'vae_round_trip', 'alignment_by_cut', 'chance_by_cut', 'toy_pipeline', 'sample', 't5_states',
-           'quiet_loading', 'Zoo', 'build_zoo', 'zoo_cli']
+           'CacheError', 'entry_path', 'cached_build', 'entry_metrics', 'ShippedEntryWarning', 'shipped_root',
+           'verify_entry', 'ship_entry', 'verify_shipped', 'CellReader', 'to_cells', 'cell_labels', 'degrade',
+           'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy', 'train_oracle', 'scene_to_json',
+           'scene_from_json', 'caption_to_json', 'caption_from_json', 'image_to_png', 'image_from_bytes',
+           'long_caption_dataset', 'PreferenceConfig', 'break_facts', 'facts_shown', 'preference_dataset',
+           'clip_pixels', 'fact_token_labels', 'train_t5_tokenizer', 'caption_before_cut', 'ZooConfig',
+           'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'alignment_by_cut', 'chance_by_cut',
+           'caption_gain_by_noise', 'toy_pipeline', 'sample', 't5_states', 'quiet_loading', 'Zoo', 'build_zoo',
+           'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -158,10 +160,11 @@ class Caption:
 _INTRO = ["In the {pos} there is a {shape}.", "A {shape} sits in the {pos} of the picture.",
           "There is a {shape} in the {pos} corner.", "The {pos} corner of the image contains a {shape}.",
           "Looking at the {pos}, we can see a {shape}."]
-_COLOUR = ["The {shape} is {colour}.", "It is coloured {colour}.", "Its colour is a clear {colour}.",
-           "The {shape} in the {pos} is painted {colour}.", "This {shape} has a {colour} colour."]
-_SIZE = ["It is {size}.", "The {shape} is rather {size}.", "In size, the {shape} is {size}.",
-         "The {shape} in the {pos} looks {size} compared to its cell.", "This shape is {size}."]
+# every sentence names its object's position: a sentence encoded on its own (the paper's segments) still says what it is about
+_COLOUR = ["The {shape} in the {pos} is {colour}.", "In the {pos}, the {shape} is coloured {colour}.",
+           "The {pos} {shape} has a clear {colour} colour.", "The {shape} in the {pos} is painted {colour}."]
+_SIZE = ["The {shape} in the {pos} is {size}.", "In the {pos}, the {shape} is rather {size}.",
+         "The {shape} in the {pos} looks {size} compared to its cell.", "In size, the {pos} {shape} is {size}."]
 _OPEN = ["The image shows a few simple shapes arranged on a two by two grid over a patterned background.",
          "This picture contains several geometric shapes placed in the corners of a square grid.",
          "A small illustration with coloured shapes laid out in a grid."]
@@ -289,6 +292,10 @@ def _cached_build(entry: Path, name: str, cfg: dict, build, root: Path) -> Path:
     if entry.exists(): shutil.rmtree(entry)
     for old in root.glob(f".tmp-{entry.name}-*"): shutil.rmtree(old, ignore_errors=True)   # left by a killed build (we hold the lock)
     tmp = root / f".tmp-{entry.name}-{os.getpid()}"
+    if _unpack_shipped(entry.name, tmp):
+        os.rename(tmp, entry)
+        progress_note(f"toy-world entry {name}: using the copy shipped with the package ({entry})")
+        return entry
     work = root / ".work" / entry.name
     resuming = work.exists()
     progress_note(f"building toy-world entry {name} ({'resuming' if resuming else 'not in the cache yet'}: {entry})")
@@ -314,6 +321,84 @@ def _cached_build(entry: Path, name: str, cfg: dict, build, root: Path) -> Path:
 def entry_metrics(entry: Path) -> dict:
     "The metrics recorded when a zoo entry was built."
     return json.loads((Path(entry) / "manifest.json").read_text())["metrics"]
+
+# %% ../nbs/00a_toyworld.ipynb #9436efce
+class ShippedEntryWarning(UserWarning):
+    "A pre-built entry shipped with the package failed verification and was not used."
+
+def shipped_root() -> Path:
+    "Where pre-built entries ship with the package: $LONGALIGN_SHIPPED, else the package's `shipped/` folder."
+    if os.environ.get("LONGALIGN_SHIPPED"): return Path(os.environ["LONGALIGN_SHIPPED"])
+    import longalign
+    return Path(longalign.__file__).parent / "shipped"
+
+def _sha256_of(folder: Path, rel: str) -> str | None:
+    "SHA-256 of file `rel` of an entry, read from `rel` or from its shipped, gzip-compressed `rel.gz`; None if absent."
+    p, gz = folder / rel, folder / (rel + ".gz")
+    if p.exists(): return _sha256(p)
+    if not gz.exists(): return None
+    h = hashlib.sha256()
+    with gzip.open(gz, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()
+
+def verify_entry(folder) -> list:
+    "What is wrong with a built or shipped entry: [] when its manifest reads and every file it lists matches its SHA-256."
+    folder = Path(folder); man = folder / "manifest.json"
+    try: files = json.loads(man.read_text())["files"]
+    except FileNotFoundError: return [f"{man} is missing"]
+    except (ValueError, KeyError, TypeError) as e: return [f"{man} cannot be read ({e})"]
+    problems = []
+    for rel, want in files.items():
+        try: got = _sha256_of(folder, rel)
+        except (OSError, EOFError, ValueError) as e: problems.append(f"{rel} cannot be read ({e})"); continue
+        if got is None: problems.append(f"{rel} is missing")
+        elif got != want: problems.append(f"{rel} does not match the SHA-256 in its manifest")
+    return problems
+
+def _unpack_shipped(name: str, tmp: Path) -> bool:
+    "Copy the shipped entry `name` (verified) into `tmp`; False when none ships or it fails verification (then warn)."
+    src = shipped_root() / name
+    if not (src / "manifest.json").exists(): return False
+    problems = verify_entry(src)
+    if problems:
+        warnings.warn(f"the toy-world entry {name} shipped in {src.parent} is damaged ({'; '.join(problems[:3])}): it is not used "
+                      f"and the entry is built instead; `longalign-zoo --verify` checks every shipped entry", ShippedEntryWarning)
+        return False
+    tmp.mkdir(parents=True)
+    for rel in json.loads((src / "manifest.json").read_text())["files"]:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        if (src / rel).exists(): shutil.copyfile(src / rel, tmp / rel)
+        else:
+            with gzip.open(src / (rel + ".gz"), "rb") as f, open(tmp / rel, "wb") as out: shutil.copyfileobj(f, out)
+    shutil.copyfile(src / "manifest.json", tmp / "manifest.json")
+    if verify_entry(tmp): raise OSError(f"copying the shipped entry {name} into {tmp.parent} changed its files: check that disk")
+    return True
+
+def ship_entry(entry, dest=None) -> Path:
+    "Copy a built cache entry into the shipped folder (`dest`, default `shipped_root()`), weights gzip-compressed; returns it."
+    entry = Path(entry)
+    problems = verify_entry(entry)
+    if problems: raise ValueError(f"{entry} cannot be shipped: {'; '.join(problems)}")
+    dest = Path(dest) if dest else shipped_root()
+    out, tmp = dest / entry.name, dest / f".tmp-{entry.name}"
+    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    for rel in json.loads((entry / "manifest.json").read_text())["files"]:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        if (entry / rel).stat().st_size > 64 * 1024:     # weights: gzip (mtime 0, so the same file ships the same bytes)
+            with open(entry / rel, "rb") as f, open(tmp / (rel + ".gz"), "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                shutil.copyfileobj(f, gz)
+        else: shutil.copyfile(entry / rel, tmp / rel)
+    shutil.copyfile(entry / "manifest.json", tmp / "manifest.json")
+    if out.exists(): shutil.rmtree(out)
+    os.rename(tmp, out)
+    return out
+
+def verify_shipped(root=None) -> dict:
+    "Every shipped entry -> its problems (`verify_entry`); all lists empty when the shipped models are intact."
+    root = Path(root) if root else shipped_root()
+    return {p.name: verify_entry(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")} if root.exists() else {}
+
 
 # %% ../nbs/00a_toyworld.ipynb #e1ac22ca
 class CellReader(nn.Module):
@@ -651,7 +736,7 @@ class ZooConfig:
     t5_width: int = 64
     t5_layers: int = 2
     t5_max_length: int = 160            # T5 tokens (toy captions have at most ~140); T5 has no 77-token limit
-    unet_steps: int = 1200
+    unet_steps: int = 3000              # oracle before the cut on 100 held-out captions: 45 % at 600 steps, 71 % at 1200, 84 % at 1800, 90 % at 2400
     unet_batch: int = 64
     unet_width: int = 32                # channels at 8×8; 2× at 4×4
     adapter_steps: int = 200
@@ -692,10 +777,12 @@ def _key(cfg: ZooConfig, *fields) -> dict:
     return d
 
 def _vae_key(cfg): return _key(cfg, "vae_steps", "vae_batch", "vae_channels", "eval_scenes", "oracle")
-def _clip_key(cfg): return _key(cfg, "clip_steps", "clip_batch", "clip_width", "clip_layers", "eval_scenes")
+def _clip_key(cfg): return {**_key(cfg, "clip_steps", "clip_batch", "clip_width", "clip_layers", "eval_scenes"),
+                            "entry": 2, "captions": 2}   # entry 2: unused token rows zeroed, one folder for both towers;
+                                                         # captions 2: every sentence names its position
 def _t5_key(cfg): return {**_key(cfg, "t5_steps", "t5_batch", "t5_width", "t5_layers", "t5_max_length"), "clip": _clip_key(cfg)}
 def _unet_key(cfg): return {**_key(cfg, "unet_steps", "unet_batch", "unet_width", "sample_steps", "guidance", "oracle"),
-                            "vae": _vae_key(cfg), "clip": _clip_key(cfg)}
+                            "vae": _vae_key(cfg), "clip": _clip_key(cfg), "entry": 2}   # entry 2: intervals and caption gain recorded
 def _adapter_key(cfg): return {**_key(cfg, "adapter_steps", "adapter_batch"), "unet": _unet_key(cfg), "t5": _t5_key(cfg)}
 
 def _build_vae(cfg: ZooConfig, cache_dir, progress) -> Path:
@@ -782,8 +869,12 @@ def _build_clip(cfg: ZooConfig, cache_dir, progress) -> Path:
         t0 = time.time()
         fit(model, data, step, _train_cfg(work, cfg, cfg.clip_steps, cfg.clip_batch, 2e-3, progress))
         clip = model["clip"].eval()
-        clip.save_pretrained(folder / "clip")
-        CLIPTextModel.from_pretrained(folder / "clip").save_pretrained(folder / "text_encoder")   # the text tower on its own
+        # rows of tokens the toy world never writes get no gradient, only weight decay: zero them, so the entry (and every
+        # model fine-tuned from it, where they stay zero) compresses to a fraction of its 49408-row table when shipped
+        used = torch.zeros(len(tok), dtype=torch.bool)
+        used[torch.cat([ids.flatten(), torch.tensor([i for row in tok([c.short for c in caps]).input_ids for i in row]), torch.tensor(tok.all_special_ids)])] = True
+        with torch.no_grad(): clip.text_model.embeddings.token_embedding.weight[~used] = 0
+        clip.save_pretrained(folder / "clip")     # the text tower loads from it too: CLIPTextModel.from_pretrained(folder / "clip")
         clip_tokenizer(cache_dir).save_pretrained(folder / "tokenizer")
         ev, ev_caps = _held_out(cfg)
         e_ids, e_cell, e_val = _text_rows(ev_caps, tok, 77)
@@ -794,6 +885,7 @@ def _build_clip(cfg: ZooConfig, cache_dir, progress) -> Path:
             m = e_cell != -100
             cell_acc = (model["binding"].cell(h).argmax(-1) == e_cell)[m].float().mean()
         return {"train_seconds": round(time.time() - t0, 1), "parameters": sum(p.numel() for p in clip.parameters()),
+                "token_rows_used": int(used.sum()),
                 "r1_text_to_image": _retrieval_r1(t, i), "r1_image_to_text": _retrieval_r1(i, t), "held_out": len(ev),
                 "binding_cell_accuracy": float(cell_acc)}
     return cached_build("clip", _clip_key(cfg), build, cache_dir)
@@ -850,6 +942,45 @@ def _build_t5(cfg: ZooConfig, cache_dir, progress) -> Path:
     return cached_build("t5", _t5_key(cfg), build, cache_dir)
 
 # %% ../nbs/00a_toyworld.ipynb #180075fe
+def hits_by_cut(
+    oracle: Oracle,
+    images: torch.Tensor,       # (n, 3, H, W) in [0, 1]
+    captions: list,             # one `Caption` per image
+    tokenizer,                  # the CLIP tokenizer that defines the cut
+    limit: int = 77,
+) -> dict:
+    "Per caption, the oracle's verdicts (p > 0.5) on its fact sentences: 'all', 'before_cut', 'after_cut' -> list of bool arrays."
+    probs = oracle.sentence_scores(images, captions)
+    out = {"all": [], "before_cut": [], "after_cut": []}
+    for c, p in zip(captions, probs):
+        late = facts_after_cut(c, tokenizer, limit)
+        got = {"all": [], "before_cut": [], "after_cut": []}
+        for j, f in enumerate(c.facts):
+            if f is None: continue
+            got["all"].append(p[j] > 0.5); got["after_cut" if late[j] else "before_cut"].append(p[j] > 0.5)
+        for k, v in got.items(): out[k].append(np.array(v, dtype=bool))
+    return out
+
+def pooled_rate(hits: list) -> float:
+    "The fraction of true verdicts over all captions' facts (NaN when there are none)."
+    n = sum(len(h) for h in hits)
+    return float(sum(h.sum() for h in hits) / n) if n else float("nan")
+
+def caption_bootstrap(
+    hits: list,             # per caption, an array of 0/1 verdicts (captions without any are skipped)
+    n_boot: int = 2000,     # bootstrap resamples of the captions
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple:
+    "`(rate, low, high)`: the pooled rate and its percentile interval from resampling captions with replacement."
+    hits = [np.asarray(h, dtype=float) for h in hits if len(h)]
+    if not hits: return float("nan"), float("nan"), float("nan")
+    k, n = np.array([h.sum() for h in hits]), np.array([len(h) for h in hits])
+    idx = np.random.default_rng(seed).integers(0, len(hits), (n_boot, len(hits)))
+    rates = k[idx].sum(1) / n[idx].sum(1)
+    a = (1 - level) / 2
+    return float(k.sum() / n.sum()), float(np.quantile(rates, a)), float(np.quantile(rates, 1 - a))
+
 def alignment_by_cut(
     oracle: Oracle,
     images: torch.Tensor,       # (n, 3, H, W) in [0, 1]
@@ -858,14 +989,7 @@ def alignment_by_cut(
     limit: int = 77,
 ) -> dict:
     "Fraction of fact sentences the oracle accepts: 'all', 'before_cut', 'after_cut' (NaN where there are none)."
-    probs = oracle.sentence_scores(images, captions)
-    acc = {"all": [], "before_cut": [], "after_cut": []}
-    for c, p in zip(captions, probs):
-        late = facts_after_cut(c, tokenizer, limit)
-        for j, f in enumerate(c.facts):
-            if f is None: continue
-            acc["all"].append(p[j] > 0.5); acc["after_cut" if late[j] else "before_cut"].append(p[j] > 0.5)
-    return {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
+    return {k: pooled_rate(v) for k, v in hits_by_cut(oracle, images, captions, tokenizer, limit).items()}
 
 def chance_by_cut(scene_list: list, captions: list, tokenizer, limit: int = 77) -> dict:
     "The same split of the rate at which caption i's facts hold in scene i+1: the score of an image that ignores its caption."
@@ -904,6 +1028,20 @@ def _denoise_step(unet, scheduler, latent_params, states, empty, scaling_factor,
     noise = torch.randn_like(z)
     return F.mse_loss(unet(scheduler.add_noise(z, noise, t), t, states).sample, noise)
 
+@torch.no_grad()
+def caption_gain_by_noise(unet, scheduler, latent_params, states, empty, scaling_factor, buckets: int = 5, seed: int = 0) -> dict:
+    "Per band of training timesteps (start -> value): how much lower the ε-MSE is with the caption than with the empty prompt, in % (same noise)."
+    z = latent_params.chunk(2, dim=1)[0] * scaling_factor
+    width, out = scheduler.config.num_train_timesteps // buckets, {}
+    for lo in range(0, width * buckets, width):
+        g = torch.Generator().manual_seed(seed + lo)
+        t, noise = torch.randint(lo, lo + width, (len(z),), generator=g), torch.randn(z.shape, generator=g)
+        x = scheduler.add_noise(z, noise, t)
+        with_caption = F.mse_loss(unet(x, t, states).sample, noise)
+        without = F.mse_loss(unet(x, t, empty.expand_as(states)).sample, noise)
+        out[lo] = round(float(100 * (without - with_caption) / without), 2)
+    return out
+
 def _build_unet(cfg: ZooConfig, cache_dir, progress) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -911,7 +1049,7 @@ def _build_unet(cfg: ZooConfig, cache_dir, progress) -> Path:
     def build(folder: Path, work: Path):
         _, caps, images = _pool(cfg.pool, cfg.seed)
         vae = AutoencoderKL.from_pretrained(vae_dir / "vae").eval()
-        te = CLIPTextModel.from_pretrained(clip_dir / "text_encoder").eval()
+        te = CLIPTextModel.from_pretrained(clip_dir / "clip").eval()
         tok = clip_tokenizer(cache_dir, fast=True)
         lat, states = _latent_rows(vae, images), _clip_states(te, tok, [c.text for c in caps])   # truncated at 77, as SD
         empty = _clip_states(te, tok, [""])
@@ -933,9 +1071,13 @@ def _build_unet(cfg: ZooConfig, cache_dir, progress) -> Path:
         ev, ev_caps = _held_out(cfg)
         imgs = sample(pipe, [c.text for c in ev_caps], steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed)
         oracle = train_oracle(cfg.oracle, cache_dir, progress)
-        got, chance = alignment_by_cut(oracle, imgs, ev_caps, tok), chance_by_cut(ev, ev_caps, tok)
+        hits, chance = hits_by_cut(oracle, imgs, ev_caps, tok), chance_by_cut(ev, ev_caps, tok)
+        ci = {f"oracle_{k}{s}": v for k in ("before_cut", "after_cut") for s, v in zip(("_ci_low", "_ci_high"), caption_bootstrap(hits[k])[1:])}
+        ev_lat = _latent_rows(vae, torch.stack([render(s) for s in ev]))
+        gain = caption_gain_by_noise(unet, train_sched, ev_lat, _clip_states(te, tok, [c.text for c in ev_caps]), empty, sf)
         return {"train_seconds": round(seconds, 1), "parameters": sum(p.numel() for p in unet.parameters()),
-                **{f"oracle_{k}": v for k, v in got.items()}, **{f"chance_{k}": v for k, v in chance.items()},
+                **{f"oracle_{k}": pooled_rate(v) for k, v in hits.items()}, **ci, **{f"chance_{k}": v for k, v in chance.items()},
+                **{f"caption_gain_t{lo}-{lo + 199}": g for lo, g in gain.items()},
                 "background_distance": float(background_distance(imgs).mean()), "held_out": len(ev)}
     return cached_build("unet", _unet_key(cfg), build, cache_dir)
 
@@ -1008,7 +1150,7 @@ def _build_adapter(cfg: ZooConfig, cache_dir, progress) -> Path:
         # held-out denoising loss, same noise and timesteps for every conditioning
         ev, ev_caps = _held_out(cfg)
         ev_lat = _latent_rows(vae, torch.stack([render(s) for s in ev]))
-        te = CLIPTextModel.from_pretrained(clip_dir / "text_encoder").eval()
+        te = CLIPTextModel.from_pretrained(clip_dir / "clip").eval()
         ev_texts = [caption_before_cut(c, tok) for c in ev_caps]
         with torch.no_grad():
             conds = {"clip": _clip_states(te, tok, ev_texts), "empty_prompt": _clip_states(te, tok, [""]).expand(len(ev), -1, -1),
@@ -1034,7 +1176,7 @@ def quiet_loading():
         if bar: tlog.enable_progress_bar()
 
 # %% ../nbs/00a_toyworld.ipynb #a19c41a7
-_ROLE_FOLDERS = {"vae": ("vae", "vae"), "clip": ("clip", "clip"), "text_encoder": ("clip", "text_encoder"),
+_ROLE_FOLDERS = {"vae": ("vae", "vae"), "clip": ("clip", "clip"), "text_encoder": ("clip", "clip"),
                  "tokenizer": ("clip", "tokenizer"), "t5": ("t5", "t5"), "t5_tokenizer": ("t5", "t5_tokenizer"),
                  "unet": ("unet", "unet"), "scheduler": ("unet", "scheduler"), "t5_adapter": ("t5_adapter", "t5_adapter")}
 
