@@ -244,9 +244,9 @@ def facts_after_cut(caption: Caption, tokenizer, limit: int = 77) -> list[bool]:
     return out
 
 # %% ../nbs/00a_toyworld.ipynb #22d8825f
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, opener=open) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with opener(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
 
@@ -286,8 +286,7 @@ def cached_build(name: str, cfg: dict, build, cache_dir=None) -> Path:
 def _cached_build(entry: Path, name: str, cfg: dict, build, root: Path) -> Path:
     man = entry / "manifest.json"
     if man.exists():
-        files = json.loads(man.read_text())["files"]
-        if all((entry / f).exists() and _sha256(entry / f) == h for f, h in files.items()): return entry
+        if not verify_entry(entry): return entry
         progress_note(f"toy-world entry {entry.name} is corrupt or incomplete: rebuilding it")
     if entry.exists(): shutil.rmtree(entry)
     for old in root.glob(f".tmp-{entry.name}-*"): shutil.rmtree(old, ignore_errors=True)   # left by a killed build (we hold the lock)
@@ -336,11 +335,7 @@ def _sha256_of(folder: Path, rel: str) -> str | None:
     "SHA-256 of file `rel` of an entry, read from `rel` or from its shipped, gzip-compressed `rel.gz`; None if absent."
     p, gz = folder / rel, folder / (rel + ".gz")
     if p.exists(): return _sha256(p)
-    if not gz.exists(): return None
-    h = hashlib.sha256()
-    with gzip.open(gz, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
+    return _sha256(gz, gzip.open) if gz.exists() else None
 
 def verify_entry(folder) -> list:
     "What is wrong with a built or shipped entry: [] when its manifest reads and every file it lists matches its SHA-256."
@@ -982,14 +977,8 @@ def caption_bootstrap(
     a = (1 - level) / 2
     return float(k.sum() / n.sum()), float(np.quantile(rates, a)), float(np.quantile(rates, 1 - a))
 
-def alignment_by_cut(
-    oracle: Oracle,
-    images: torch.Tensor,       # (n, 3, H, W) in [0, 1]
-    captions: list,             # one `Caption` per image
-    tokenizer,                  # the CLIP tokenizer that defines the cut
-    limit: int = 77,
-) -> dict:
-    "Fraction of fact sentences the oracle accepts: 'all', 'before_cut', 'after_cut' (NaN where there are none)."
+def alignment_by_cut(oracle: Oracle, images: torch.Tensor, captions: list, tokenizer, limit: int = 77) -> dict:
+    "Fraction of fact sentences the oracle accepts (`hits_by_cut` pooled): 'all', 'before_cut', 'after_cut' (NaN where there are none)."
     return {k: pooled_rate(v) for k, v in hits_by_cut(oracle, images, captions, tokenizer, limit).items()}
 
 def chance_by_cut(scene_list: list, captions: list, tokenizer, limit: int = 77) -> dict:
