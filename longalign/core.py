@@ -18,13 +18,19 @@ from torch import nn
 # missing tells a reader nothing: it is kept out of executed notebooks, the docs and the README.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+# Under nbdev_test the notebooks run at smoke sizes in parallel workers (`--n_workers 2` on the README's two cores). Each
+# process's default OpenMP pool takes every core, and oversubscribed pools spin against each other: a toy UNet forward
+# measured 0.09 s with one thread and 4.3 s with two while three processes shared two cores. One thread per process
+# unless the user chose a count (OMP_NUM_THREADS).
+if os.environ.get("IN_TEST") and "OMP_NUM_THREADS" not in os.environ: torch.set_num_threads(1)
+
 # %% auto #0
 __all__ = ['ROLES', 'PRESETS', 'checkpoint_hooks', 'ModelRef', 'Preset', 'parse_overrides', 'get_preset', 'ModelUnavailableError',
            'hub_offline', 'hub_reachable', 'load_role', 'default_device', 'default_dtype', 'default_mixed_precision',
            'package_versions', 'run_record', 'TextAdapter', 'FeatureStats', 'frechet_distance', 'fid_from_features',
-           'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult',
-           'trainable_state_dict', 'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note', 'fit',
-           'read_prompts', 'process_state', 'free_port', 'launch']
+           'mean_pairwise_distance', 'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext',
+           'NonFiniteLossError', 'TrainResult', 'trainable_state_dict', 'list_checkpoints', 'progress_stream',
+           'progress_bar', 'progress_note', 'fit', 'read_prompts', 'process_state', 'free_port', 'launch']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -313,6 +319,12 @@ def fid_from_features(feats1: torch.Tensor, feats2: torch.Tensor) -> float:
     "FID between two sets of features, each (n, dim)."
     s1, s2 = FeatureStats(feats1.shape[1]).update(feats1), FeatureStats(feats2.shape[1]).update(feats2)
     return frechet_distance(s1.mean, s1.cov, s2.mean, s2.cov)
+
+def mean_pairwise_distance(feats: torch.Tensor) -> float:
+    "Diversity of a set of samples: the mean Euclidean distance between the unit-normalised features of every two of them (0: all alike, at most 2)."
+    if feats.ndim != 2 or len(feats) < 2: raise ValueError(f"feats must be (n, dim) with n >= 2, got shape {tuple(feats.shape)}")
+    f = feats.detach().to("cpu", torch.float64)
+    return float(torch.pdist(f / f.norm(dim=1, keepdim=True)).mean())
 
 # %% ../nbs/00_core.ipynb #53a49f28
 def retrieval_recall(

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TextAdapter, TrainConfig, fid_from_features, fit, get_preset, list_checkpoints, process_state, run_record
+from .core import TextAdapter, TrainConfig, fid_from_features, fit, mean_pairwise_distance, get_preset, list_checkpoints, process_state, run_record
 from .encoding import LongPromptEncoder, encoder_from_preset, load_pipeline
 
 # %% auto #0
@@ -397,15 +397,19 @@ def toy_image_features(zoo, images: torch.Tensor) -> torch.Tensor:
                                             for i in range(0, len(images), 200)])
 
 def evaluate_toy(zoo, images: torch.Tensor, scene_list: list, captions: list, denscore=None) -> dict:
-    "Toy FID, Denscore, the oracle's accuracy (%, with 95 % intervals) before/after the 77-token cut, the background's distance from the optimum."
+    """Toy FID, diversity, Denscore, the oracle's accuracy (%, with 95 % intervals) before/after the 77-token cut, the background's
+    distance from the optimum; per caption, the oracle's hits and fact counts (`oracle_hits_*`, `oracle_facts_*`) for paired comparisons."""
     from longalign.toyworld import background_distance, caption_bootstrap, hits_by_cut, render
     tok = zoo.load("tokenizer")
     hits = hits_by_cut(zoo.oracle, images, captions, tok)
     ref = torch.stack([render(s) for s in scene_list])
-    out = {"fid": fid_from_features(toy_image_features(zoo, images), toy_image_features(zoo, ref))}
+    feats, ref_feats = toy_image_features(zoo, images), toy_image_features(zoo, ref)
+    out = {"fid": fid_from_features(feats, ref_feats),
+           "diversity": mean_pairwise_distance(feats), "diversity_renders": mean_pairwise_distance(ref_feats)}   # across captions
     for part in ("before_cut", "after_cut", "all"):     # in %, with a 95 % bootstrap interval over the captions
         rate, lo, hi = caption_bootstrap(hits[part])
-        out.update({f"oracle_{part}": 100 * rate, f"oracle_{part}_ci_low": 100 * lo, f"oracle_{part}_ci_high": 100 * hi})
+        out.update({f"oracle_{part}": 100 * rate, f"oracle_{part}_ci_low": 100 * lo, f"oracle_{part}_ci_high": 100 * hi,
+                    f"oracle_hits_{part}": [int(h.sum()) for h in hits[part]], f"oracle_facts_{part}": [len(h) for h in hits[part]]})
     out["background_distance"] = float(background_distance(images).mean())
     if denscore is not None:
         with torch.no_grad(): out["denscore"] = float(denscore.denscore(images, [c.text for c in captions]).mean())

@@ -27,9 +27,9 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CAC
            'scene_from_json', 'caption_to_json', 'caption_from_json', 'image_to_png', 'image_from_bytes',
            'long_caption_dataset', 'PreferenceConfig', 'break_facts', 'facts_shown', 'preference_dataset',
            'clip_pixels', 'fact_token_labels', 'train_t5_tokenizer', 'caption_before_cut', 'ZooConfig',
-           'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'alignment_by_cut', 'chance_by_cut',
-           'caption_gain_by_noise', 'toy_pipeline', 'sample', 't5_states', 'quiet_loading', 'Zoo', 'build_zoo',
-           'zoo_cli']
+           'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'paired_bootstrap', 'alignment_by_cut',
+           'chance_by_cut', 'caption_gain_by_noise', 'toy_pipeline', 'sample', 't5_states', 'quiet_loading', 'Zoo',
+           'build_zoo', 'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -976,6 +976,22 @@ def caption_bootstrap(
     rates = k[idx].sum(1) / n[idx].sum(1)
     a = (1 - level) / 2
     return float(k.sum() / n.sum()), float(np.quantile(rates, a)), float(np.quantile(rates, 1 - a))
+
+def paired_bootstrap(
+    hits_a, hits_b,         # per caption, the number of true verdicts of two models on the same captions (same length)
+    facts,                  # per caption, its number of facts (captions with none are skipped)
+    n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+) -> tuple:
+    "`(difference, low, high)`: pooled rate of b minus that of a, in the same captions, with a percentile interval from resampling captions."
+    ka, kb, n = (np.asarray(x, dtype=float) for x in (hits_a, hits_b, facts))
+    if not len(ka) == len(kb) == len(n): raise ValueError(f"hits_a, hits_b and facts must be per caption, got lengths {len(ka)}, {len(kb)}, {len(n)}")
+    keep = n > 0
+    ka, kb, n = ka[keep], kb[keep], n[keep]
+    if not len(n): return float("nan"), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(n), (n_boot, len(n)))
+    diffs = (kb[idx].sum(1) - ka[idx].sum(1)) / n[idx].sum(1)
+    a = (1 - level) / 2
+    return float((kb.sum() - ka.sum()) / n.sum()), float(np.quantile(diffs, a)), float(np.quantile(diffs, 1 - a))
 
 def alignment_by_cut(oracle: Oracle, images: torch.Tensor, captions: list, tokenizer, limit: int = 77) -> dict:
     "Fraction of fact sentences the oracle accepts (`hits_by_cut` pooled): 'all', 'before_cut', 'after_cut' (NaN where there are none)."
