@@ -228,11 +228,11 @@ class PairwiseJudge:
 
     def tally(self, prompts: list, images_a: torch.Tensor, images_b: torch.Tensor, progress: bool = False) -> dict:
         "Counts of 'win' (a), 'tie', 'loss' and 'invalid' over paired images (Fig. 7's bars)."
-        from tqdm.auto import tqdm
+        from longalign.core import progress_bar
         if not (len(prompts) == len(images_a) == len(images_b)):
             raise ValueError(f"{len(prompts)} prompts, {len(images_a)} and {len(images_b)} images: give one image of each model per prompt")
         out = {"win": 0, "tie": 0, "loss": 0, "invalid": 0}
-        for p, a, b in tqdm(list(zip(prompts, images_a, images_b)), disable=not progress, desc="judge"):
+        for p, a, b in progress_bar(list(zip(prompts, images_a, images_b)), disable=not progress, desc="judge"):
             out[{"a": "win", "b": "loss", "tie": "tie", "invalid": "invalid"}[self.compare(p, a, b)]] += 1
         return out
 
@@ -289,9 +289,9 @@ def dpg_score(
     progress: bool = False,
 ) -> dict:
     "DPG-Bench: {'Average', 'Global', 'Entity', 'Attribute', 'Relation', 'Other', 'n_prompts', 'missing'} (scores ×100)."
-    from tqdm.auto import tqdm
+    from longalign.core import progress_bar
     per_prompt, by_cat, missing = [], {}, []
-    for item, qs in tqdm(items.items(), disable=not progress, desc="DPG-Bench"):
+    for item, qs in progress_bar(items.items(), disable=not progress, desc="DPG-Bench"):
         if item not in images or not len(images[item]): missing.append(item); continue
         per_image = []
         for im in images[item]:
@@ -405,7 +405,7 @@ def sample_folder(
 ) -> Path:
     """Sample long prompts into a folder (UniPC, CFG). A rerun with the same settings continues where it stopped, with the
     same images; a folder whose `manifest.json` records other settings is refused (or, with `resample`, sampled anew)."""
-    from tqdm.auto import tqdm
+    from longalign.core import progress_bar
     from longalign.sft import load_long_sd, load_long_sd_weights, sample_long
     rows = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     toy = get_preset(preset).ref("unet").kind == "toy"
@@ -445,7 +445,7 @@ def sample_folder(
     else: pipe, enc = load_long_sd(preset, encoders, zoo, overrides)
     for folder in lora: load_long_sd_weights(pipe, enc, folder, fuse=True)
     for f in official_lora: merge_official_lora(pipe.unet, f)
-    for i, c in tqdm(todo, disable=not progress, desc="sampling"):
+    for i, c in progress_bar(todo, disable=not progress, desc="sampling"):
         texts, s0 = [r["caption"] for r in c], seed + i * batch_size      # image j of the file always gets seed + j
         imgs = (sample(pipe, texts, steps=steps, guidance=guidance, seed=s0, batch_size=batch_size) if enc is None else
                 sample_long(pipe, enc, texts, steps=steps, guidance=guidance, seed=s0, batch_size=batch_size))
@@ -505,7 +505,7 @@ def evaluate_folder(
 ) -> "pd.DataFrame":
     "Score a folder of images; writes samples.jsonl and summary.csv and returns the summary."
     import pandas as pd
-    from tqdm.auto import tqdm
+    from longalign.core import progress_bar
     from longalign.rft import dataset_direction, load_reward_model
     metrics = check_metrics(metrics, reference)
     p = get_preset(preset)
@@ -532,7 +532,7 @@ def evaluate_folder(
         V = dataset_direction(pm, caps)        # V of the evaluated prompts: the same for every model compared on them
     vqa = (ToyVQA(zoo.oracle) if toy else VQAScore()) if "vqa" in scores else None
     with torch.no_grad():
-        for idx in tqdm(list(_batches_by_size(images, batch_size)), disable=not progress, desc="scoring"):
+        for idx in progress_bar(list(_batches_by_size(images, batch_size)), disable=not progress, desc="scoring"):
             x, c = torch.stack([images[i] for i in idx]), [caps[i] for i in idx]
             if "denscore" in scores:
                 for i, v in zip(idx, pm.denscore(x, c).tolist()): scores["denscore"][i] = v
@@ -542,7 +542,8 @@ def evaluate_folder(
                 for i in idx:
                     try: scores["vqa"][i] = 100 * float(vqa(images[i][None], [caps[i]])[0])
                     except UnscorablePrompt as e:      # e.g. a non-toy prompt for the toy VQA; any other error is a bug: it stops
-                        unscorable.append(rows[i]["id"]); _log.warning("vqa: sample %s not scored: %s", rows[i]["id"], e)
+                        unscorable.append((rows[i]["id"], str(e)))
+    if unscorable: _log.warning("vqa: %d of %d samples not scored, e.g. %s: %s", len(unscorable), len(rows), *unscorable[0])
     out = Path(out_dir) if out_dir else Path(images_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w") as f:

@@ -444,7 +444,7 @@ def train_preference_model(
 def toy_preference_model(
     kind: str,                                  # 'clip' (the zoo's CLIP, untrained for preference) or one of `LOSSES`
     cfg: PreferenceTrainConfig | None = None,   # default: PreferenceTrainConfig(loss=kind)
-    n_pairs: int = 3000,                        # toy training pairs (`toyworld.preference_dataset(n_pairs, seed=cfg.seed)`)
+    n_pairs: int | None = None,                 # toy training pairs (`toyworld.preference_dataset(n_pairs, seed=cfg.seed)`); None: 3,000 (smoke zoo: 64)
     zoo=None,                                   # a built `toyworld.Zoo` (default: the default zoo)
     progress: bool = True,
 ) -> PreferenceModel:
@@ -453,6 +453,7 @@ def toy_preference_model(
     from longalign.toyworld import ZooConfig, build_zoo, cached_build, preference_dataset
     zoo = zoo or build_zoo(ZooConfig())
     if kind == "clip": return PreferenceModel(zoo.load("clip"), zoo.load("tokenizer")).eval()
+    n_pairs = n_pairs or (64 if zoo.cfg.smoke_sizes else 3000)
     cfg = cfg or PreferenceTrainConfig(loss=kind)
     if cfg.loss != kind: raise ValueError(f"kind={kind!r} but cfg.loss={cfg.loss!r}")
     def build(folder: Path, work: Path):

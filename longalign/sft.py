@@ -339,8 +339,8 @@ LongSD.train = _train_mode_keeps_frozen_eval
 def toy_sft(
     encoders: str = "clip-cat",
     cfg: SFTConfig | None = None,     # default: `SFTConfig.for_preset('toy', encoders=encoders)`
-    n_train: int = 4000,              # toy image / long-caption pairs
-    n_eval: int = 100,                # held-out captions per evaluation (0: no evaluations)
+    n_train: int | None = None,       # toy image / long-caption pairs; None: 4,000 (smoke zoo: 64)
+    n_eval: int | None = None,        # held-out captions per evaluation (0: no evaluations); None: 100 (smoke zoo: 2)
     eval_steps: list | None = None,   # default: 0, a third, two thirds and the end of the run
     zoo=None,
     denscore_cfg=None,                # the evaluations' toy Denscore (`PreferenceTrainConfig`; default: its toy default)
@@ -351,6 +351,8 @@ def toy_sft(
     zoo = zoo or build_zoo(ZooConfig())
     cfg = cfg or SFTConfig.for_preset("toy", encoders=encoders)
     if cfg.encoders != encoders: raise ValueError(f"encoders={encoders!r} but cfg.encoders={cfg.encoders!r}")
+    n_train = n_train or (64 if zoo.cfg.smoke_sizes else 4000)
+    n_eval = (2 if zoo.cfg.smoke_sizes else 100) if n_eval is None else n_eval
     eval_steps = eval_steps if eval_steps is not None else sorted({0, cfg.steps // 3, 2 * cfg.steps // 3, cfg.steps})
     def build(folder: Path, work: Path):
         import shutil

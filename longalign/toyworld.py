@@ -741,6 +741,7 @@ class ZooConfig:
     sample_steps: int = 20              # DDIM steps when the zoo samples for its metrics
     guidance: float = 5.0               # classifier-free guidance when the zoo samples for its metrics
     oracle: OracleConfig = OracleConfig()
+    smoke_sizes: bool = False           # the test-size world: the toy experiments built on it default to test sizes too (not part of any key)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> "ZooConfig":
@@ -748,7 +749,7 @@ class ZooConfig:
         return cls(seed=seed, pool=64, vae_steps=3, vae_batch=8, clip_steps=3, clip_batch=16, clip_width=32, clip_layers=1,
                    t5_steps=3, t5_batch=8, t5_width=32, t5_layers=1, unet_steps=3, unet_batch=8,
                    unet_width=16, adapter_steps=3, adapter_batch=8, eval_scenes=8, sample_steps=2,
-                   oracle=OracleConfig.smoke())
+                   oracle=OracleConfig.smoke(), smoke_sizes=True)
 
 @functools.lru_cache(maxsize=2)
 def _pool(n: int, seed: int):
