@@ -42,9 +42,12 @@ def test_zoo_defaults_to_smoke_under_in_test(tmp_path):
     from longalign.toyworld import long_caption, scenes
     caps = [long_caption(s, random.Random(i)).text for i, s in enumerate(scenes(2, seed=3))]
     (tmp_path / "p.txt").write_text("\n".join(caps) + "\n")
-    env = {**os.environ, "IN_TEST": "1"}
+    # Both runs on one thread: IN_TEST alone would give run a one thread and run b torch's default, and sums over a
+    # different number of threads round differently, so the images would not be equal to the byte.
+    one_thread = {k: v for k, v in os.environ.items() if k != "IN_TEST"} | {"OMP_NUM_THREADS": "1"}
+    env = {**one_thread, "IN_TEST": "1"}
     _run("longalign-sample", tmp_path / "p.txt", tmp_path / "a", "--encoders", "base", "--steps", "2", env=env, timeout=300)
-    _run("longalign-sample", tmp_path / "p.txt", tmp_path / "b", "--encoders", "base", "--steps", "2", "--zoo", "smoke")
+    _run("longalign-sample", tmp_path / "p.txt", tmp_path / "b", "--encoders", "base", "--steps", "2", "--zoo", "smoke", env=one_thread)
     smoke = toy_world("smoke")[0]
     zoo_of = lambda d: json.loads((tmp_path / d / "manifest.json").read_text())["zoo"]
     assert zoo_of("a") == zoo_of("b") == {k: v.name for k, v in sorted(smoke.entries.items())}
