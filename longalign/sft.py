@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TextAdapter, TrainConfig, fid_from_features, fit, mean_pairwise_distance, get_preset, list_checkpoints, process_state, run_record
+from .core import (TextAdapter, TrainConfig, fid_from_features, fit, get_preset, list_checkpoints, mean_pairwise_distance,
+                            process_state, run_record)
 from .encoding import LongPromptEncoder, encoder_from_preset, load_pipeline
 
 # %% auto #0
