@@ -32,7 +32,7 @@ def one(mode, N, a, q):
     import random, torch
     from longalign.core import package_versions
     from longalign.rft import LongSDReward, guided_eps
-    from longalign.sft import add_unet_lora, load_long_sd
+    from longalign.longsd import add_unet_lora, load_long_sd
     from longalign.toyworld import long_caption, scenes
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ from pathlib import Path
 def one(stage, preset, batch, steps, device, resolution, bf16, sampler, q):
     import torch
     from longalign.core import package_versions
-    from longalign.sft import LongSD, add_unet_lora, load_long_sd
+    from longalign.sft import LongSD
+    from longalign.longsd import add_unet_lora, load_long_sd
     torch.manual_seed(0)
     pipe, enc = load_long_sd(preset, "clip-cat")
     if resolution and preset != "toy": pipe.unet.register_to_config(sample_size=resolution // 8)

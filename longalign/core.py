@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #a13ae311
 from __future__ import annotations
-import contextlib, csv, dataclasses, functools, json, math, os, platform, random, shutil, socket, sys, time, warnings
+import contextlib, csv, dataclasses, functools, gzip, importlib, json, math, os, platform, random, shutil, socket, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -25,12 +25,15 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 if os.environ.get("IN_TEST") and "OMP_NUM_THREADS" not in os.environ: torch.set_num_threads(1)
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'checkpoint_hooks', 'ModelRef', 'Preset', 'parse_overrides', 'get_preset', 'ModelUnavailableError',
-           'hub_offline', 'hub_reachable', 'load_role', 'default_device', 'default_dtype', 'default_mixed_precision',
-           'package_versions', 'run_record', 'TextAdapter', 'FeatureStats', 'frechet_distance', 'fid_from_features',
-           'mean_pairwise_distance', 'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext',
-           'NonFiniteLossError', 'TrainResult', 'trainable_state_dict', 'list_checkpoints', 'progress_stream',
-           'progress_bar', 'progress_note', 'fit', 'read_prompts', 'process_state', 'free_port', 'launch']
+__all__ = ['ROLES', 'PRESETS', 'MODEL_SOURCES', 'CLIP_MEAN', 'CLIP_STD', 'checkpoint_hooks', 'ModelRef', 'Preset',
+           'parse_overrides', 'get_preset', 'ModelUnavailableError', 'hub_offline', 'hub_reachable', 'world_models',
+           'load_role', 'default_device', 'default_dtype', 'default_mixed_precision', 'package_versions', 'run_record',
+           'TextAdapter', 'cache_root', 'clip_tokenizer_files', 'clip_tokenizer', 'train_t5_tokenizer', 'image_to_png',
+           'image_from_bytes', 'feature_tensor', 'quiet_loading', 'sd_pipeline', 'sample', 'FeatureStats',
+           'frechet_distance', 'fid_from_features', 'mean_pairwise_distance', 'retrieval_recall', 'TrainConfig',
+           'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult', 'trainable_state_dict',
+           'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note', 'fit', 'read_prompts',
+           'process_state', 'free_port', 'launch']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -177,20 +180,41 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         with socket.create_connection((url.hostname, port), timeout=timeout): return True
     except OSError: return False
 
+# %% ../nbs/00_core.ipynb #cdabed2f
+#: The source of the models of a `ModelRef` kind that this project builds rather than downloads: kind -> 'module:function'.
+#: The function takes a size ('default' or 'smoke') and returns an object with `load(role)`.
+MODEL_SOURCES = {"toy": "longalign.experiments:toy_world"}
+
+def world_models(
+    preset="toy",               # a preset whose roles are built by this project (`toy`)
+    models=None,                # already built models: returned as they are
+    size: str = "default",      # 'default', or 'smoke' for tests
+):
+    "The built models behind a preset's roles: `models` when given, else the default ones of its kind's source (`MODEL_SOURCES`)."
+    if models is not None: return models
+    p = get_preset(preset)
+    kinds = sorted({r.kind for r in p.models.values()} & set(MODEL_SOURCES))
+    if not kinds: raise ValueError(f"preset {p.name!r} loads its roles from files or the hub (load_role); it has no built models")
+    module, fn = MODEL_SOURCES[kinds[0]].split(":")
+    return getattr(importlib.import_module(module), fn)(size)
+
 # %% ../nbs/00_core.ipynb #ff5dd76c
 def load_role(
     preset: str | Preset,        # preset name or `Preset`
     role: str,                   # one of `ROLES`
     cls=None,                    # class with `from_pretrained`; None for a single-file role (returns the local file path)
     overrides: dict | None = None, # role -> local path
+    models=None,                 # a preset built by this project (`toy`): its built models (default: `world_models(preset)`)
     **kwargs,                    # passed to `from_pretrained`
 ):
-    "Load the weights of `role` in `preset` from a local path, the HF cache or the hub; fail fast with a clear message."
+    """Load the weights of `role` in `preset` from a local path, the HF cache or the hub; fail fast with a clear message.
+    The roles of a built world (`toy:…`) come from its models object (`world_models`)."""
     preset = get_preset(preset, overrides)
     ref = preset.ref(role)
-    if ref.kind in ("toy", "arch"):
-        raise ValueError(f"preset {preset.name!r}, role {role!r} is {ref.id!r}: build it with the toy world or the "
-                         f"architecture configs, not load_role")
+    if ref.kind in MODEL_SOURCES: return world_models(preset, models).load(role)
+    if ref.kind == "arch":
+        raise ValueError(f"preset {preset.name!r}, role {role!r} is {ref.id!r}: random weights from the architecture configs "
+                         f"(`longsd.arch_models`), not a file to load")
     if ref.kind == "path":
         path = Path(ref.id).expanduser()
         if cls is None: return path
@@ -280,6 +304,128 @@ class TextAdapter(ModelMixin, ConfigMixin):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.ff2(self.norm2(self.ff1(self.norm1(hidden_states))))
+
+# %% ../nbs/00_core.ipynb #bc8f248a
+def cache_root(cache_dir=None) -> Path:
+    "Where this project caches what it builds (the toy world's models, the CLIP tokenizer files): `cache_dir`, else $LONGALIGN_CACHE, else ~/.cache/longalign."
+    return Path(cache_dir or os.environ.get("LONGALIGN_CACHE") or Path.home() / ".cache" / "longalign")
+
+def _bytes_to_unicode():
+    "GPT-2/CLIP's reversible byte -> printable character table."
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs: bs.append(b); cs.append(256 + n); n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+def clip_tokenizer_files(cache_dir=None) -> Path:
+    "Folder with `vocab.json` and `merges.txt` built from open_clip's BPE file (written once)."
+    import open_clip
+    out = cache_root(cache_dir) / "clip-tokenizer"
+    if (out / "vocab.json").exists() and (out / "merges.txt").exists(): return out
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    tmp = out.with_name(f".tmp-clip-tokenizer-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    if out.exists(): shutil.rmtree(tmp)         # another process won the race
+    else: os.rename(tmp, out)
+    return out
+
+def clip_tokenizer(cache_dir=None, fast: bool = False):
+    "transformers' CLIP tokenizer with the real vocabulary, built offline (max length 77, pad = eot as in SD-1.5)."
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
+    d = clip_tokenizer_files(cache_dir)
+    cls = CLIPTokenizerFast if fast else CLIPTokenizer
+    return cls(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
+
+# %% ../nbs/00_core.ipynb #b9e32fb8
+def train_t5_tokenizer(texts, vocab_size: int = 512):
+    """The toy T5's tokenizer: SentencePiece-style BPE (lower-cased, `▁` marks word starts) trained on `texts`, with T5's
+    special ids (`<pad>` 0, `</s>` 1 appended to every text, `<unk>` 2); printable ASCII never maps to `<unk>`."""
+    import string
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(prepend_scheme="first"), pre_tokenizers.Punctuation()])
+    tk.decoder = decoders.Metaspace(prepend_scheme="first")
+    alphabet = sorted(set(string.ascii_lowercase + string.digits + string.punctuation) | {"▁"})
+    tk.train_from_iterator(list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                             initial_alphabet=alphabet, show_progress=False))
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+def image_to_png(image: torch.Tensor) -> bytes:
+    "A (3, H, W) image in [0, 1] as PNG bytes."
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray((image.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+def image_from_bytes(data) -> torch.Tensor:
+    "Encoded image bytes (PNG, JPEG) or a PIL image -> (3, H, W) float in [0, 1]."
+    import io
+    from PIL import Image
+    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)   # CLIP's pixel statistics
+
+def feature_tensor(out) -> torch.Tensor:
+    "The tensor of a `get_text_features` / `get_image_features` output: transformers 5 returns a model output, 4.x a tensor."
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+@contextlib.contextmanager
+def quiet_loading():
+    "Silence transformers' and diffusers' loading bars and notices (restored afterwards)."
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+    levels, bar = (tlog.get_verbosity(), dlog.get_verbosity()), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error(); dlog.set_verbosity_error(); tlog.disable_progress_bar()
+    try: yield
+    finally:
+        tlog.set_verbosity(levels[0]); dlog.set_verbosity(levels[1])
+        if bar: tlog.enable_progress_bar()
+
+def sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    "A diffusers `StableDiffusionPipeline` from the given parts (no safety checker), progress bar off."
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+def sample(
+    pipe,                       # a `StableDiffusionPipeline`
+    prompts: list = None,       # texts (the pipeline's tokenizer truncates them at 77 tokens); or give `prompt_embeds`
+    steps: int = 20,            # sampler steps
+    guidance: float = 5.0,      # classifier-free guidance scale
+    seed: int = 0,              # image i of a call uses the generator seeded `seed + i`, so any batching gives the same images
+    batch_size: int = 50,
+    **kwargs,                   # passed to the pipeline (e.g. `prompt_embeds`, `negative_prompt_embeds`)
+) -> torch.Tensor:
+    "Images in [0, 1], (n, 3, H, W), from the pipeline at its UNet's resolution."
+    from diffusers.utils import logging as dlog
+    n = len(prompts) if prompts is not None else len(kwargs["prompt_embeds"])
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    out, verbosity = [], dlog.get_verbosity()
+    dlog.set_verbosity_error()                          # the pipeline warns about every truncated prompt
+    try:
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            part = {k: v[lo:hi] if torch.is_tensor(v) and len(v) == n else v for k, v in kwargs.items()}
+            gens = [torch.Generator().manual_seed(seed + i) for i in range(lo, hi)]
+            res = pipe(prompts[lo:hi] if prompts is not None else None, height=size, width=size, num_inference_steps=steps,
+                       guidance_scale=guidance, generator=gens, output_type="pt", **part)
+            out.append(res.images.float().cpu())
+    finally: dlog.set_verbosity(verbosity)
+    return torch.cat(out)
+
 
 # %% ../nbs/00_core.ipynb #33bd8bf9
 class FeatureStats:

@@ -6,15 +6,54 @@
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .preference import RunningDirection, batch_common_direction, common_direction, decompose, reweight
 
-_all_ = ["common_direction", "decompose", "reweight", "batch_common_direction", "RunningDirection"]
 
 # %% auto #0
-__all__ = ['score_tables', 'paired_unpaired', 'retrieval_hits', 'r_at_1', 'paired_difference', 'random_init_like',
-           'toy_preference_configs', 'retrieval_table_settings', 'common_direction', 'decompose', 'reweight',
-           'batch_common_direction', 'RunningDirection']
+__all__ = ['common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection', 'score_tables',
+           'paired_unpaired', 'retrieval_hits', 'r_at_1', 'paired_difference', 'random_init_like']
+
+# %% ../nbs/03_decomposition.ipynb #689505bb
+def common_direction(text_embeds: torch.Tensor) -> torch.Tensor:
+    "V: the normalised mean of text embeddings (n, d) -> (d,)."
+    if text_embeds.ndim != 2 or len(text_embeds) == 0:
+        raise ValueError(f"text_embeds must be a non-empty (n, d) tensor, got shape {tuple(text_embeds.shape)}")
+    return F.normalize(text_embeds.mean(0), dim=0)
+
+def decompose(text_embeds: torch.Tensor, V: torch.Tensor) -> tuple:
+    "(perp, eta): text_embeds = perp + eta[..., None] * V, with perp · V = 0."
+    eta = text_embeds @ V
+    return text_embeds - eta[..., None] * V, eta
+
+def reweight(text_embeds: torch.Tensor, V: torch.Tensor, omega: float) -> torch.Tensor:
+    "perp + omega · eta · V (omega = 1: unchanged; omega = 0: the text-relevant part only)."
+    perp, eta = decompose(text_embeds, V)
+    return perp + omega * eta[..., None] * V
+
+def batch_common_direction(text_embeds: torch.Tensor, accelerator=None) -> torch.Tensor:
+    "V from this batch, averaged over every process's batch (sum and count are reduced, so unequal batches weigh right)."
+    s, n = text_embeds.sum(0), torch.tensor(float(len(text_embeds)), device=text_embeds.device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        s, n = accelerator.reduce(s, "sum"), accelerator.reduce(n, "sum")
+    return F.normalize(s / n, dim=0)
+
+class RunningDirection(nn.Module):
+    "V as an exponential mean of batch means (a buffer: saved in checkpoints, never differentiated through)."
+    def __init__(self, dim: int, momentum: float = 0.1):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(dim)); self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, text_embeds: torch.Tensor, accelerator=None) -> torch.Tensor:
+        m = batch_common_direction(text_embeds.detach(), accelerator)
+        self.mean.copy_(m if self.count == 0 else (1 - self.momentum) * self.mean + self.momentum * m)
+        self.count += 1
+        return self.V
+
+    @property
+    def V(self) -> torch.Tensor: return F.normalize(self.mean, dim=0)
 
 # %% ../nbs/03_decomposition.ipynb #2fabed33
 def score_tables(image_embeds: torch.Tensor, text_embeds: torch.Tensor, V: torch.Tensor) -> dict:
@@ -58,15 +97,3 @@ def random_init_like(model):
     torch.manual_seed(0)
     return type(model)(model.config).eval()
 
-def toy_preference_configs(smoke: bool = False) -> tuple:
-    "`({kind: PreferenceTrainConfig}, n_pairs)` of the toy preference models analysed here: 02's defaults (or its smoke sizes), so 02's cached models are reused."
-    from longalign.preference import PreferenceTrainConfig
-    cfgs = {k: PreferenceTrainConfig(loss=k, steps=3, batch_size=8) if smoke else PreferenceTrainConfig(loss=k) for k in ("single", "seg-a", "seg-o")}
-    return cfgs, 64 if smoke else 3000
-
-def retrieval_table_settings(n_retrieval: int, gallery: int, seed: int, smoke: bool = False) -> dict:
-    "Every setting besides the zoo that changes Tables 1 and 4: the key they are recorded under (07 reads them back by it)."
-    from dataclasses import asdict
-    cfgs, n_pairs = toy_preference_configs(smoke)
-    return {"n_retrieval": n_retrieval, "gallery": gallery, "seed": seed, "n_pairs": n_pairs,
-            "models": {k: asdict(c) for k, c in cfgs.items()}, "random_clip_seed": 0}

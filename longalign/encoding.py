@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import get_preset, load_role
+from .core import MODEL_SOURCES, clip_tokenizer, get_preset, load_role, world_models
 
 # %% auto #0
 __all__ = ['ABBREVIATIONS', 'SOT', 'CONTENT', 'EOT', 'PAD', 'PAD_STAR', 'T5_TOKEN', 'TOKEN_TYPES', 'POLICIES', 'LAYERS',
@@ -583,20 +583,15 @@ def _pipe_kind(pipe) -> str:
                     "pipeline whose UNet reads CLIP hidden states, build LongPromptEncoder(tokenizer, text_encoder, ...) directly")
 
 # %% ../nbs/01_encoding.ipynb #dbe6100b
-def _toy_zoo(zoo):
-    if zoo is not None: return zoo
-    from longalign.toyworld import ZooConfig, build_zoo
-    return build_zoo(ZooConfig())
-
 def load_pipeline(
     preset="toy",               # preset name or `core.Preset`
     overrides: dict | None = None,  # role -> local path
-    zoo=None,                   # toy preset: a built `toyworld.Zoo` (default: build or load the default zoo)
+    zoo=None,                   # a preset this project builds (toy): its models (default: `core.world_models(preset)`)
     **kwargs,                   # `from_pretrained` keyword arguments (e.g. torch_dtype)
 ):
     "A diffusers `StableDiffusionPipeline` from the preset's unet, vae, text_encoder, tokenizer and scheduler."
     p = get_preset(preset, overrides)
-    if p.ref("unet").kind == "toy": return _toy_zoo(zoo).pipeline()
+    if p.ref("unet").kind in MODEL_SOURCES: return world_models(p, zoo).pipeline()   # the toy world assembles its own
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
     parts = {r: load_role(p, r, cls, **(kwargs if r in ("unet", "vae", "text_encoder") else {}))
@@ -610,15 +605,15 @@ def encoder_from_preset(
     preset="toy",               # preset name or `core.Preset`
     encoders: str = "clip-cat", # 'clip-cat', 't5-mlp' or 'clip+t5'
     overrides: dict | None = None,
-    zoo=None,                   # toy preset: a built `toyworld.Zoo`
+    zoo=None,                   # a preset this project builds (toy): its models (default: `core.world_models(preset)`)
     pipe=None,                  # reuse this pipeline's tokenizer(s) and text encoder(s) instead of loading them
     **kwargs,                   # `LongPromptEncoder` arguments overriding the preset's
 ) -> LongPromptEncoder:
     "A `LongPromptEncoder` with the preset's models, target length, splitter mode, `<pad*>` and policy."
     p = get_preset(preset, overrides)
     args = dict(target_length=p.target_length, policy=p.policy, pad_star=p.pad_star, mode=p.splitter, encoders=encoders)
-    toy = p.ref("text_encoder").kind == "toy"
-    if toy: zoo = _toy_zoo(zoo)
+    toy = p.ref("text_encoder").kind in MODEL_SOURCES
+    if toy: zoo = world_models(p, zoo)
     if pipe is not None: args.update(_second_tower(pipe)); tok, te = pipe.tokenizer, pipe.text_encoder   # SDXL: both towers
     elif toy: tok, te = zoo.load("tokenizer"), zoo.load("text_encoder")
     else:
@@ -687,7 +682,6 @@ def tiny_sdxl_pipeline(
     "A `StableDiffusionXLPipeline` of random weights built from configs with the real CLIP vocabulary: for tests and docs, no download."
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    from longalign.toyworld import clip_tokenizer
     torch.manual_seed(seed)
     common = dict(vocab_size=49408, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
                   bos_token_id=49406, eos_token_id=49407)

@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import FeatureStats, frechet_distance, get_preset, package_versions, read_prompts
+from .core import (MODEL_SOURCES, FeatureStats, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
+                            read_prompts, sample, world_models)
+from .toyworld import COLOURS, POSITIONS, SIZES, Caption, Fact, config_hash, toy_image_features   # the toy stand-ins for VQAScore and the judge
+from .encoding import load_pipeline, split_segments
+from .preference import check_images
+from .longsd import load_long_sd, load_long_sd_weights, merge_official_lora, sample_long
+from .rft import dataset_direction, load_reward_model
 
 _log = logging.getLogger(__name__)
 
@@ -21,10 +27,9 @@ _log = logging.getLogger(__name__)
 __all__ = ['JUDGE_TEMPLATE', 'JUDGE_SYSTEM', 'feature_stats', 'fid_from_stats', 'InceptionFeatures', 'fid', 'UnscorablePrompt',
            'toy_caption_from_text', 'ToyVQA', 'VQAScore', 'JudgeError', 'OpenAICompatibleClient', 'parse_verdict',
            'image_hash', 'PairwiseJudge', 'DPGQuestion', 'load_dpg_bench', 'grid_tiles', 'dpg_images', 'gated_answers',
-           'dpg_score', 'truncate_prompt', 'length_sweep', 'official_lora_modules', 'merge_official_lora',
-           'sample_manifest', 'sample_folder', 'read_images', 'load_folder', 'check_metrics', 'evaluate_folder',
-           'toy_world', 'sample_cli', 'eval_cli', 'toy_models', 'toy_eval_folder', 'read_summary', 'load_images',
-           'ToyJudgeClient', 'toy_benchmark', 'record_table', 'read_table']
+           'dpg_score', 'truncate_prompt', 'length_sweep', 'sample_manifest', 'sample_folder', 'read_images',
+           'load_folder', 'check_metrics', 'evaluate_folder', 'sample_cli', 'eval_cli', 'read_summary', 'load_images',
+           'ToyJudgeClient']
 
 # %% ../nbs/06_eval.ipynb #ebd58f49
 def feature_stats(
@@ -66,7 +71,6 @@ class InceptionFeatures(nn.Module):
         self.resize = resize
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from longalign.preference import check_images
         x = (check_images(images).clamp(0, 1) * 255).round().to(torch.uint8)   # the network's input convention: uint8 pixels
         return self.net(x).reshape(len(x), -1).double()
 
@@ -87,7 +91,6 @@ class UnscorablePrompt(ValueError):
 
 def toy_caption_from_text(text: str):
     "Recover a toy `Caption` (sentences and their facts) from its text, for scoring a folder of images with the oracle."
-    from longalign.toyworld import COLOURS, POSITIONS, SIZES, Caption, Fact
     sents = [s.strip() for s in re.findall(r"[^.]+\.", text) if s.strip()]
     facts, cell = [], None
     for s in sents:
@@ -228,7 +231,6 @@ class PairwiseJudge:
 
     def tally(self, prompts: list, images_a: torch.Tensor, images_b: torch.Tensor, progress: bool = False) -> dict:
         "Counts of 'win' (a), 'tie', 'loss' and 'invalid' over paired images (Fig. 7's bars)."
-        from longalign.core import progress_bar
         if not (len(prompts) == len(images_a) == len(images_b)):
             raise ValueError(f"{len(prompts)} prompts, {len(images_a)} and {len(images_b)} images: give one image of each model per prompt")
         out = {"win": 0, "tie": 0, "loss": 0, "invalid": 0}
@@ -267,7 +269,6 @@ def grid_tiles(grid: torch.Tensor, n: int = 4) -> list:
 
 def dpg_images(folder, items: dict, n: int = 4) -> dict:
     "item_id -> the first `n` tiles of `folder/{item_id}.png` (DPG-Bench's 2×2 grids), for the items whose grid exists."
-    from longalign.toyworld import image_from_bytes
     out = {}
     for item in items:
         p = Path(folder) / f"{item}.png"
@@ -289,7 +290,6 @@ def dpg_score(
     progress: bool = False,
 ) -> dict:
     "DPG-Bench: {'Average', 'Global', 'Entity', 'Attribute', 'Relation', 'Other', 'n_prompts', 'missing'} (scores ×100)."
-    from longalign.core import progress_bar
     per_prompt, by_cat, missing = [], {}, []
     for item, qs in progress_bar(items.items(), disable=not progress, desc="DPG-Bench"):
         if item not in images or not len(images[item]): missing.append(item); continue
@@ -308,7 +308,6 @@ def dpg_score(
 # %% ../nbs/06_eval.ipynb #a1d3ebc9
 def truncate_prompt(text: str, max_tokens: int, tokenizer, splitter: str = "robust") -> tuple:
     "`(prompt, cut_inside_sentence)`: the longest run of whole leading sentences within `max_tokens` CLIP tokens."
-    from longalign.encoding import split_segments
     if max_tokens < 1: raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     count = lambda t: len(tokenizer(t, add_special_tokens=False).input_ids)
     sents = split_segments(text, splitter)       # sentences, whatever their length
@@ -325,38 +324,6 @@ def length_sweep(prompts: list, tokenizer, lengths=(15, 60, 120, 240)) -> dict:
     return {n: [truncate_prompt(p, n, tokenizer)[0] for p in prompts] for n in lengths}
 
 # %% ../nbs/06_eval.ipynb #fbc7947c
-_OFFICIAL_PARENTS = ("ResnetBlock2D", "CrossAttention", "Attention", "GEGLU")
-
-def official_lora_modules(unet) -> list:
-    "`(name, module)` of the layers the official LongSD LoRA list covers, in its order."
-    out, seen = [], set()
-    for parent_name, parent in unet.named_modules():
-        if type(parent).__name__ not in _OFFICIAL_PARENTS: continue
-        for child_name, m in parent.named_modules():
-            if type(m) in (nn.Linear, nn.Conv2d) and id(m) not in seen:
-                seen.add(id(m)); out.append((f"{parent_name}.{child_name}", m))
-    return out
-
-def merge_official_lora(unet, path) -> int:
-    "Add an official LongSD LoRA file (a list [up, down, up, down, …]) into `unet`'s weights; returns the layers merged."
-    path = Path(path).expanduser()
-    if not path.is_file(): raise FileNotFoundError(f"official LoRA file {path} not found (e.g. s28750_lora_vis.pt, sd15-reward-3750.pt)")
-    weights = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(weights, (list, tuple)) or len(weights) % 2:
-        raise ValueError(f"{path} is not an official LongSD LoRA file: expected a list [up, down, up, down, ...], got {type(weights).__name__}")
-    mods = official_lora_modules(unet)
-    if len(weights) != 2 * len(mods):
-        raise ValueError(f"{path} holds {len(weights) // 2} LoRA pairs but this UNet has {len(mods)} target layers: not an SD-1.5 LongSD file?")
-    deltas = []
-    for (name, m), up, down in zip(mods, weights[0::2], weights[1::2]):
-        w = m.weight
-        if up.shape[0] != w.shape[0] or down.shape[1] != w.shape[1] or up.shape[1] != down.shape[0]:
-            raise ValueError(f"{path}: pair for {name} has up {tuple(up.shape)}, down {tuple(down.shape)}; the layer's weight is {tuple(w.shape)}")
-        deltas.append((w, (up.flatten(1).double() @ down.flatten(1).double()).reshape(w.shape)))
-    with torch.no_grad():
-        for w, d in deltas: w.add_(d.to(w.dtype))
-    return len(mods)
-
 def _save_png(image: torch.Tensor, path: Path):
     tmp = path.with_suffix(".tmp.png"); _to_pil(image).save(tmp); os.replace(tmp, path)
 
@@ -373,7 +340,6 @@ def _digest(path) -> str:
 
 def _zoo_id(zoo) -> str:
     "A short hash of the zoo's entries (each entry's folder name carries its own config hash)."
-    from longalign.toyworld import config_hash
     return config_hash({k: Path(v).name for k, v in sorted(zoo.entries.items())})
 
 _MANIFEST_NOTES = ("lora_paths", "official_lora_paths", "written")   # recorded for people; not part of what must match
@@ -405,13 +371,9 @@ def sample_folder(
 ) -> Path:
     """Sample long prompts into a folder (UniPC, CFG). A rerun with the same settings continues where it stopped, with the
     same images; a folder whose `manifest.json` records other settings is refused (or, with `resample`, sampled anew)."""
-    from longalign.core import progress_bar
-    from longalign.sft import load_long_sd, load_long_sd_weights, sample_long
     rows = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
-    toy = get_preset(preset).ref("unet").kind == "toy"
-    if toy and zoo is None:
-        from longalign.toyworld import ZooConfig, build_zoo
-        zoo = build_zoo(ZooConfig())
+    toy = get_preset(preset).ref("unet").kind in MODEL_SOURCES
+    if toy: zoo = world_models(preset, zoo)
     if guidance is None: guidance = zoo.cfg.guidance if toy else 7.5
     manifest = sample_manifest(rows, preset, encoders, lora, official_lora, overrides, steps, guidance, seed, zoo if toy else None)
     out = Path(out_dir)
@@ -438,8 +400,6 @@ def sample_folder(
     if not todo: return out
     if encoders is None:                       # the base model as it ships: its own 77-token prompt encoding
         from diffusers import UniPCMultistepScheduler
-        from longalign.encoding import load_pipeline
-        from longalign.toyworld import sample
         pipe, enc = load_pipeline(preset, overrides, zoo), None
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
     else: pipe, enc = load_long_sd(preset, encoders, zoo, overrides)
@@ -455,7 +415,6 @@ def sample_folder(
 def read_images(folder) -> tuple:
     "`(images, corrupt)`: every readable image of a folder by file name, (3, H, W) in [0, 1], and the unreadable files' names."
     from PIL import UnidentifiedImageError
-    from longalign.toyworld import image_from_bytes
     d = Path(folder).expanduser()
     if not d.is_dir(): raise FileNotFoundError(f"image folder {d} not found")
     images, corrupt = {}, []
@@ -500,24 +459,18 @@ def evaluate_folder(
     reference=None,                 # FID: a folder of reference images (FID is computed only if given)
     inception=None,                 # FID outside the toy world: the Inception weights path
     denscore=None,                  # a Denscore folder (`CLIPModel.from_pretrained` format) instead of the preset's
-    zoo=None, denscore_cfg=None,    # toy: the zoo and the toy Denscore's `PreferenceTrainConfig` (default: their defaults)
+    zoo=None,                       # toy: the toy world's models, reward roles included (`experiments.ToyWorld`; default: `world_models('toy')`)
     batch_size: int = 32, progress: bool = True,
 ) -> "pd.DataFrame":
     "Score a folder of images; writes samples.jsonl and summary.csv and returns the summary."
     import pandas as pd
-    from longalign.core import progress_bar
-    from longalign.rft import dataset_direction, load_reward_model
     metrics = check_metrics(metrics, reference)
     p = get_preset(preset)
-    toy = p.ref("unet").kind == "toy"
-    if toy and zoo is None:
-        from longalign.toyworld import ZooConfig, build_zoo
-        zoo = build_zoo(ZooConfig())
+    toy = p.ref("unet").kind in MODEL_SOURCES
+    if toy: zoo = world_models(p, zoo)
     extract = None
     if "fid" in metrics:                       # fail on a missing Inception path before any scoring
-        if toy:
-            from longalign.sft import toy_image_features
-            extract = lambda x: toy_image_features(zoo, x)
+        if toy: extract = lambda x: toy_image_features(zoo, x)
         else: extract = InceptionFeatures(inception)
     rows, images, report = load_folder(images_dir, prompts)
     if not rows: raise ValueError(f"{images_dir}: no readable image with a prompt ({ {k: len(v) for k, v in report.items()} })")
@@ -525,10 +478,7 @@ def evaluate_folder(
     scores = {m: [float("nan")] * len(rows) for m in metrics if m != "fid"}
     unscorable = []
     if {"denscore", "denscore_o"} & set(scores):
-        if toy and denscore is None:
-            from longalign.preference import toy_preference_model
-            pm = toy_preference_model("seg-o", denscore_cfg, zoo=zoo, progress=progress)
-        else: pm = load_reward_model(preset, "denscore", path=denscore, zoo=zoo)
+        pm = load_reward_model(preset, "denscore", path=denscore, zoo=zoo)   # toy: the world's Denscore (`experiments.ToyWorld`)
         V = dataset_direction(pm, caps)        # V of the evaluated prompts: the same for every model compared on them
     vqa = (ToyVQA(zoo.oracle) if toy else VQAScore()) if "vqa" in scores else None
     with torch.no_grad():
@@ -568,14 +518,9 @@ def evaluate_folder(
     return df
 
 # %% ../nbs/06_eval.ipynb #89d53a66
-def toy_world(size: str = "default", preset="toy") -> tuple:
-    "`(zoo, denscore_cfg)` of the toy world at 'default' or 'smoke' size (`(None, None)` outside the toy preset)."
-    if get_preset(preset).ref("unet").kind != "toy": return None, None
-    from longalign.preference import PreferenceTrainConfig
-    from longalign.toyworld import ZooConfig, build_zoo
-    if size not in ("default", "smoke"): raise ValueError(f"zoo size {size!r}: choose 'default' or 'smoke'")
-    smoke = size == "smoke"
-    return build_zoo(ZooConfig.smoke() if smoke else ZooConfig(), progress=not smoke), (PreferenceTrainConfig(steps=3, batch_size=8) if smoke else None)
+def _cli_models(preset, size: str):
+    "The models of a preset this project builds (toy) at the CLI's --zoo size; None for presets loaded from files."
+    return world_models(preset, size=size) if get_preset(preset).ref("unet").kind in MODEL_SOURCES else None
 
 def _default_zoo_size() -> str:
     "'smoke' under a test run (IN_TEST set, as nbdev_test and CI set it), else 'default'."
@@ -604,7 +549,7 @@ def sample_cli(argv=None):
     try:
         rows = read_prompts(a.prompts)          # bad input fails here, before any model loads
         out = sample_folder(a.out, rows, a.preset, None if a.encoders == "base" else a.encoders, a.lora, a.official_lora,
-                            overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=toy_world(a.zoo, a.preset)[0],
+                            overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=_cli_models(a.preset, a.zoo),
                             resample=a.resample)
     except (ValueError, FileNotFoundError, KeyError) as e: ap.error(str(e))
     print(f"images in {out}")
@@ -628,51 +573,13 @@ def eval_cli(argv=None):
     try:
         metrics = check_metrics([m.strip() for m in a.metrics.split(",") if m.strip()], a.reference)   # before any model loads
         if not Path(a.images).expanduser().is_dir(): raise FileNotFoundError(f"image folder {a.images} not found")
-        zoo, denscore_cfg = toy_world(a.zoo, a.preset)
         df = evaluate_folder(a.images, a.prompts, a.out, a.method, a.preset, metrics,
-                             a.reference, a.inception, a.denscore, zoo, denscore_cfg, batch_size=a.batch_size)
+                             a.reference, a.inception, a.denscore, _cli_models(a.preset, a.zoo),
+                             batch_size=a.batch_size)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e: ap.error(str(e))
     print(df.drop(columns="versions").to_string(index=False))
 
 # %% ../nbs/06_eval.ipynb #a8814ef3
-def toy_models(zoo=None, denscore_cfg=None, sft_cfg=None, rft_cfg: dict | None = None, n_prompts: int = 1000, n_eval: int = 64) -> dict:
-    "name -> `sample_folder` keyword arguments for the toy world's base, longSD(S) and longSD(S+R) (ω = 0.3 and 1)."
-    from longalign.rft import RFTConfig, toy_rft
-    from longalign.sft import toy_sft
-    enc = RFTConfig.for_preset("toy").encoders
-    sft = toy_sft(enc, sft_cfg, zoo=zoo, denscore_cfg=denscore_cfg)
-    out = {"SD (77 tokens)": dict(encoders=None), "longSD(S)": dict(encoders=enc, lora=(sft,))}
-    for w in (0.3, 1.0):
-        cfg = RFTConfig.for_preset("toy", omega=w, **(rft_cfg or {}))
-        run = toy_rft(w, cfg, n_prompts=n_prompts, n_eval=n_eval, zoo=zoo, denscore_cfg=denscore_cfg, sft_cfg=sft_cfg)   # 05's runs
-        out[f"longSD(S+R) ω={w:g}"] = dict(encoders=enc, lora=(sft, run / "lora"))
-    return out
-
-def toy_eval_folder(
-    name: str, spec: dict,          # a model's name and `sample_folder` arguments (`toy_models`)
-    captions: list,                 # the prompts (str)
-    reference_scenes: list | None = None,   # scenes rendered as FID's reference (None: no FID)
-    zoo=None, denscore_cfg=None, steps: int = 25, progress: bool = True,
-) -> Path:
-    "A cached folder with the model's images for `captions`, `eval/samples.jsonl` and `eval/summary.csv`."
-    from longalign.toyworld import cached_build, render
-    def build(folder: Path, work: Path):
-        t0 = time.time()
-        rows = [{"id": f"{i:05d}", "caption": c} for i, c in enumerate(captions)]
-        sample_folder(folder / "images", rows, "toy", zoo=zoo, steps=steps, progress=progress, **spec)
-        ref = None
-        if reference_scenes is not None:
-            ref = work / "reference"; ref.mkdir(parents=True, exist_ok=True)
-            for i, s in enumerate(reference_scenes): _to_pil(render(s)).save(ref / f"{i:05d}.png")
-        evaluate_folder(folder / "images", out_dir=folder / "eval", method=name, preset="toy", reference=ref, zoo=zoo,
-                        denscore_cfg=denscore_cfg, progress=progress)
-        return {"seconds": round(time.time() - t0, 1)}
-    key = {"model": name, "encoders": spec.get("encoders"), "lora": [Path(p).parent.name + "/" + Path(p).name for p in spec.get("lora", ())],
-           "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16], "steps": steps, "fid": reference_scenes is not None,
-           "denscore": str(denscore_cfg)}
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return cached_build(f"eval_{slug}", key, build, zoo.cache_dir if zoo is not None else None)
-
 def read_summary(folder) -> dict:
     "metric -> value of a folder evaluated by `evaluate_folder` (or `toy_eval_folder`)."
     import pandas as pd
@@ -681,7 +588,6 @@ def read_summary(folder) -> dict:
 
 def load_images(folder, ids: list) -> torch.Tensor:
     "The images `{id}.png` of a folder, (n, 3, H, W) in [0, 1]."
-    from longalign.toyworld import image_from_bytes
     return torch.stack([image_from_bytes((Path(folder) / f"{i}.png").read_bytes()) for i in ids])
 
 class ToyJudgeClient:
@@ -690,67 +596,9 @@ class ToyJudgeClient:
         self.vqa, self.margin, self.calls = ToyVQA(oracle), margin, 0
 
     def complete(self, model: str, messages: list) -> str:
-        from longalign.toyworld import image_from_bytes
         self.calls += 1
         content = messages[-1]["content"]
         prompt = content[0]["text"].split("\nWhich image is more consistent")[0].strip()
         ims = torch.stack([image_from_bytes(base64.b64decode(c["image_url"]["url"].split(",", 1)[1])) for c in content[1:3]])
         s1, s2 = self.vqa(ims, [prompt, prompt]).tolist()
         return "tie" if abs(s1 - s2) < self.margin else "first" if s1 > s2 else "second"
-
-# %% ../nbs/06_eval.ipynb #649961d0
-def toy_benchmark(
-    zoo=None, n: int = 64, seed: int = 0, steps: int = 25, lengths=(30, 60),
-    builds: dict | None = None,     # `toy_models` arguments (smoke-size builds for tests)
-    progress: bool = True,
-) -> dict:
-    "The toy world's Table 2 ('table2'), Fig. 7 ('judge') and Table 6 ('table6') as DataFrames, from cached folders ('folders')."
-    import pandas as pd
-    from longalign.sft import toy_eval_set
-    builds = dict(builds or {})
-    denscore_cfg = builds.get("denscore_cfg")
-    models = toy_models(zoo, **builds)
-    scenes_, caps = toy_eval_set(n, seed=seed + 1)      # held out from training and from 04/05's evaluation sets
-    texts = [c.text for c in caps]
-    folders = {name: toy_eval_folder(name, spec, texts, scenes_, zoo, denscore_cfg, steps, progress) for name, spec in models.items()}
-    cols = {"fid": "FID", "denscore_o": "Denscore-O", "denscore": "Denscore", "vqa": "VQA (oracle)"}
-    table2 = pd.DataFrame({name: read_summary(f) for name, f in folders.items()}).T[list(cols)].rename(columns=cols)
-    ids = [f"{i:05d}" for i in range(n)]
-    ours, rows = load_images(folders["longSD(S+R) ω=0.3"] / "images", ids), []
-    for both in (False, True):
-        judge = PairwiseJudge(ToyJudgeClient(zoo.oracle), model="toy-oracle", both_orders=both)
-        for name in ["SD (77 tokens)", "longSD(S)", "longSD(S+R) ω=1"]:
-            rows.append({"protocol": "both orders" if both else "single order", "against": name,
-                         **judge.tally(texts, ours, load_images(folders[name] / "images", ids))})
-    sweep = []
-    tok = zoo.load("tokenizer")
-    for n_tok, cut in {**length_sweep(texts, tok, lengths), "full": texts}.items():
-        for name in ["SD (77 tokens)", "longSD(S)", "longSD(S+R) ω=0.3"]:
-            f = folders[name] if n_tok == "full" else toy_eval_folder(f"{name} @{n_tok} tokens", models[name], cut, None, zoo, denscore_cfg, steps, progress)
-            s = read_summary(f)
-            sweep += [{"tokens": n_tok, "metric": m, "model": name, "value": s[k]} for k, m in (("denscore_o", "Denscore-O"), ("vqa", "VQA (oracle)"))]
-    table6 = pd.DataFrame(sweep).pivot_table(index=["tokens", "metric"], columns="model", values="value", sort=False)
-    return {"table2": table2, "judge": pd.DataFrame(rows), "table6": table6, "folders": folders}
-
-# %% ../nbs/06_eval.ipynb #5eda0ade
-def _table_path(name: str, zoo, settings: dict) -> Path:
-    from longalign.toyworld import cache_root, config_hash
-    return cache_root(zoo.cache_dir) / "tables" / f"{name}_{_zoo_id(zoo)}_{config_hash(settings)}.csv"
-
-def record_table(
-    name: str, rows: list, zoo,
-    settings: dict,                 # every setting besides the zoo that changes the table (sizes, seed, model configs)
-) -> Path:
-    "Write a result table (a list of flat dicts) for this zoo and these settings, atomically (the settings beside it, as JSON)."
-    import pandas as pd
-    path = _table_path(name, zoo, settings); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp"); pd.DataFrame(rows).to_csv(tmp, index=False); os.replace(tmp, path)
-    tmp = path.with_suffix(".json.tmp"); tmp.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path.with_suffix(".json"))
-    return path
-
-def read_table(name: str, zoo, settings: dict):
-    "The table `record_table` wrote for this zoo and exactly these settings, or None if none was recorded for them."
-    import pandas as pd
-    path = _table_path(name, zoo, settings)
-    return pd.read_csv(path) if path.exists() else None

@@ -12,59 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TrainConfig, default_mixed_precision, fit, get_preset, hub_offline, hub_reachable, load_role
+from .core import TrainConfig, default_mixed_precision, fit, get_preset, hub_offline, hub_reachable, load_role, quiet_loading
 from .encoding import split_segments
+from .decomposition import RunningDirection, batch_common_direction, common_direction, decompose, reweight   # importable from here too, as before
 
 # %% auto #0
-__all__ = ['LOSSES', 'WEIGHT_COLUMN', 'common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection',
-           'check_images', 'reward_preprocess', 'PreferenceModel', 'open_clip_preference', 'pair_cross_entropy',
-           'prompt_weights', 'preference_loss', 'BadRow', 'check_preference_table', 'PreferencePairs',
-           'PreferenceTrainConfig', 'train_preference_model', 'toy_preference_model', 'preference_table',
-           'run_preference']
-
-# %% ../nbs/02_denscore.ipynb #689505bb
-def common_direction(text_embeds: torch.Tensor) -> torch.Tensor:
-    "V: the normalised mean of text embeddings (n, d) -> (d,)."
-    if text_embeds.ndim != 2 or len(text_embeds) == 0:
-        raise ValueError(f"text_embeds must be a non-empty (n, d) tensor, got shape {tuple(text_embeds.shape)}")
-    return F.normalize(text_embeds.mean(0), dim=0)
-
-def decompose(text_embeds: torch.Tensor, V: torch.Tensor) -> tuple:
-    "(perp, eta): text_embeds = perp + eta[..., None] * V, with perp · V = 0."
-    eta = text_embeds @ V
-    return text_embeds - eta[..., None] * V, eta
-
-def reweight(text_embeds: torch.Tensor, V: torch.Tensor, omega: float) -> torch.Tensor:
-    "perp + omega · eta · V (omega = 1: unchanged; omega = 0: the text-relevant part only)."
-    perp, eta = decompose(text_embeds, V)
-    return perp + omega * eta[..., None] * V
-
-def batch_common_direction(text_embeds: torch.Tensor, accelerator=None) -> torch.Tensor:
-    "V from this batch, averaged over every process's batch (sum and count are reduced, so unequal batches weigh right)."
-    s, n = text_embeds.sum(0), torch.tensor(float(len(text_embeds)), device=text_embeds.device)
-    if accelerator is not None and accelerator.num_processes > 1:
-        s, n = accelerator.reduce(s, "sum"), accelerator.reduce(n, "sum")
-    return F.normalize(s / n, dim=0)
-
-class RunningDirection(nn.Module):
-    "V as an exponential mean of batch means (a buffer: saved in checkpoints, never differentiated through)."
-    def __init__(self, dim: int, momentum: float = 0.1):
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer("mean", torch.zeros(dim)); self.register_buffer("count", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def update(self, text_embeds: torch.Tensor, accelerator=None) -> torch.Tensor:
-        m = batch_common_direction(text_embeds.detach(), accelerator)
-        self.mean.copy_(m if self.count == 0 else (1 - self.momentum) * self.mean + self.momentum * m)
-        self.count += 1
-        return self.V
-
-    @property
-    def V(self) -> torch.Tensor: return F.normalize(self.mean, dim=0)
+__all__ = ['LOSSES', 'WEIGHT_COLUMN', 'check_images', 'reward_preprocess', 'PreferenceModel', 'open_clip_preference',
+           'pair_cross_entropy', 'prompt_weights', 'preference_loss', 'BadRow', 'check_preference_table',
+           'PreferencePairs', 'PreferenceTrainConfig', 'train_preference_model', 'preference_table', 'run_preference']
 
 # %% ../nbs/02_denscore.ipynb #9583b99d
-from .toyworld import CLIP_MEAN, CLIP_STD, _features   # CLIP's pixel statistics; feature outputs of transformers 4 and 5
+from .core import CLIP_MEAN, CLIP_STD, feature_tensor
 
 def check_images(images, name: str = "images") -> torch.Tensor:
     "Images must be a float tensor (n, 3, H, W) in [0, 1]."
@@ -125,7 +83,7 @@ class PreferenceModel(nn.Module):
     def image_embeds(self, images: torch.Tensor, train: bool = False, generator=None) -> torch.Tensor:
         "L2-normalised image embeddings (n, d) of images in [0, 1]."
         x = reward_preprocess(images, self.image_size, train, self.crop_fraction, self.mean, self.std, generator).to(self.device)
-        f = self.model.encode_image(x) if self.is_open_clip else _features(self.model.get_image_features(pixel_values=x))
+        f = self.model.encode_image(x) if self.is_open_clip else feature_tensor(self.model.get_image_features(pixel_values=x))
         return F.normalize(f, dim=-1)
 
     def _text_frozen(self) -> bool:
@@ -135,7 +93,7 @@ class PreferenceModel(nn.Module):
         if self.is_open_clip: f = self.model.encode_text(self.tokenizer(texts).to(self.device))
         else:
             enc = self.tokenizer(texts, padding=padding, max_length=77, truncation=True, return_tensors="pt").to(self.device)
-            f = _features(self.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask))
+            f = feature_tensor(self.model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask))
         return F.normalize(f, dim=-1)
 
     def text_embeds(self, texts: list[str]) -> torch.Tensor:
@@ -213,7 +171,6 @@ class PreferenceModel(nn.Module):
 def open_clip_preference(arch: str = "ViT-H-14", checkpoint=None, splitter: str = "robust") -> PreferenceModel:
     "A `PreferenceModel` over an open_clip model of `arch` with weights from a checkpoint file (HPSv2: ViT-H-14 + HPS_v2_compressed.pt)."
     import open_clip
-    from longalign.toyworld import quiet_loading
     if checkpoint is None: raise ValueError(f"open_clip_preference needs checkpoint=<path>: the {arch} weights are never downloaded here")
     path = Path(checkpoint).expanduser()
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {path} not found (HPSv2: HPS_v2_compressed.pt from the xswu/HPSv2 hub repo)")
@@ -441,34 +398,6 @@ def train_preference_model(
     save_file({"common_direction": trainer.direction.V.contiguous()}, dest / "common_direction.safetensors")
     return pm.eval()
 
-def toy_preference_model(
-    kind: str,                                  # 'clip' (the zoo's CLIP, untrained for preference) or one of `LOSSES`
-    cfg: PreferenceTrainConfig | None = None,   # default: PreferenceTrainConfig(loss=kind)
-    n_pairs: int | None = None,                 # toy training pairs (`toyworld.preference_dataset(n_pairs, seed=cfg.seed)`); None: 3,000 (smoke zoo: 64)
-    zoo=None,                                   # a built `toyworld.Zoo` (default: the default zoo)
-    progress: bool = True,
-) -> PreferenceModel:
-    "A toy preference model fine-tuned from the zoo's CLIP, cached beside the zoo by its config (02 trains, 03 reuses)."
-    from transformers import CLIPModel, CLIPTokenizer
-    from longalign.toyworld import ZooConfig, build_zoo, cached_build, preference_dataset
-    zoo = zoo or build_zoo(ZooConfig())
-    if kind == "clip": return PreferenceModel(zoo.load("clip"), zoo.load("tokenizer")).eval()
-    n_pairs = n_pairs or (64 if zoo.cfg.smoke_sizes else 3000)
-    cfg = cfg or PreferenceTrainConfig(loss=kind)
-    if cfg.loss != kind: raise ValueError(f"kind={kind!r} but cfg.loss={cfg.loss!r}")
-    def build(folder: Path, work: Path):
-        import shutil, time
-        t0 = time.time()
-        train_preference_model(zoo.load("clip"), zoo.load("tokenizer"), preference_dataset(n_pairs, seed=cfg.seed), work, cfg,
-                               progress=progress, cpu=True)
-        shutil.copytree(work / "model", folder / "model"); shutil.copy(work / "metrics.csv", folder / "metrics.csv")
-        return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps, "pairs": n_pairs}
-    train = asdict(cfg)
-    for field, default in (("lr_scheduler", "cosine"), ("per_device_batch", None), ("prompt_weighting", False)):
-        if train[field] == default: del train[field]   # defaults: keys stay those of models cached before the field
-    key = {"train": train, "n_pairs": n_pairs, "clip": zoo.path("clip").parent.name}
-    entry = cached_build(f"pref_{kind}", key, build, zoo.cache_dir)
-    return PreferenceModel(CLIPModel.from_pretrained(entry / "model"), CLIPTokenizer.from_pretrained(entry / "model")).eval()
 
 # %% ../nbs/02_denscore.ipynb #b6cc928e
 def preference_table(

@@ -4,23 +4,24 @@
 
 # %% ../nbs/05_rft.ipynb #59d76709
 from __future__ import annotations
-import json, math, os, random, time, warnings
-from dataclasses import dataclass, asdict, replace
+import json, math, warnings
+from dataclasses import dataclass, asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TrainConfig, get_preset, parse_overrides, read_prompts, run_record
+from .core import TrainConfig, clip_tokenizer, get_preset, load_role, parse_overrides, quiet_loading, read_prompts, run_record
 from .encoding import LongPromptEncoder
-from .preference import PreferenceModel, batch_common_direction, common_direction, decompose, open_clip_preference
-from .sft import add_unet_lora, fit_with_evals, load_long_sd, sample_long, save_long_sd
+from .decomposition import batch_common_direction, common_direction, decompose
+from .preference import PreferenceModel, open_clip_preference
+from .longsd import add_unet_lora, fit_with_evals, load_long_sd, sample_long, save_long_sd
 
 # %% auto #0
-__all__ = ['TOY_REWARDS', 'rft_scheduler', 'grad_step_indices', 'guided_eps', 'drtune_sample', 'PreferenceReward', 'check_omega',
-           'dataset_direction', 'LongSDReward', 'RFTConfig', 'prompt_data', 'train_rft', 'toy_prompts', 'toy_rft',
-           'read_run', 'load_reward_model', 'validation_evaluator', 'run_rft']
+__all__ = ['rft_scheduler', 'grad_step_indices', 'guided_eps', 'drtune_sample', 'PreferenceReward', 'check_omega',
+           'dataset_direction', 'LongSDReward', 'RFTConfig', 'prompt_data', 'train_rft', 'read_run',
+           'load_reward_model', 'validation_evaluator', 'run_rft']
 
 # %% ../nbs/05_rft.ipynb #ad0fac6a
 def rft_scheduler(scheduler):
@@ -286,59 +287,6 @@ def train_rft(
     return save_long_sd(out / "lora", pipe.unet, None)
 
 # %% ../nbs/05_rft.ipynb #006dc699
-def toy_prompts(n: int = 1000, seed: int = 0) -> list[str]:
-    "Long captions of toy training scenes (seeds disjoint from `sft.toy_eval_set`'s held-out scenes)."
-    from longalign.toyworld import long_caption, scenes
-    return [long_caption(s, random.Random(seed * 7919 + 17 + i)).text for i, s in enumerate(scenes(n, seed=seed + 99))]
-
-def toy_rft(
-    omega: float = 0.3,
-    cfg: RFTConfig | None = None,     # default: `RFTConfig.for_preset('toy', omega=omega)`
-    n_prompts: int = 1000,
-    n_eval: int = 64,
-    eval_steps: list | None = None,   # default: 0, half-way and the end of the run
-    zoo=None,
-    denscore_cfg=None,                # the toy Denscore's `PreferenceTrainConfig` (default: its toy default)
-    sft_cfg=None,                     # the toy SFT's `SFTConfig` (default: its toy default)
-    progress: bool = True,
-    reward: str = "denscore",         # the reward model (Fig. 6): 'denscore', 'pickscore' (Eq. 4 single-value) or 'clip' (the toy CLIP)
-) -> Path:
-    "A toy RFT run (LoRA, metrics.csv, eval.jsonl, samples/), trained once and cached beside the zoo; evaluated with Denscore."
-    from longalign.preference import toy_preference_model
-    from longalign.sft import toy_evaluator, toy_sft
-    from longalign.toyworld import ZooConfig, build_zoo, cached_build
-    zoo = zoo or build_zoo(ZooConfig())
-    cfg = cfg or RFTConfig.for_preset("toy", omega=omega)
-    if cfg.omega != omega: raise ValueError(f"omega={omega} but cfg.omega={cfg.omega}")
-    eval_steps = eval_steps if eval_steps is not None else sorted({0, cfg.steps // 2, cfg.steps})
-    if reward not in TOY_REWARDS: raise ValueError(f"reward={reward!r}: choose from {sorted(TOY_REWARDS)}")
-    if (cfg.kind == "denscore") != (reward == "denscore"):
-        raise ValueError(f"reward={reward!r} scores {'segments' if reward == 'denscore' else 'the caption cut at 77 tokens'}: "
-                         f"use cfg.kind={'denscore' if reward == 'denscore' else 'single'!r}")
-    denscore = toy_preference_model("seg-o", denscore_cfg, zoo=zoo, progress=progress)
-    other = TOY_REWARDS[reward]               # Fig. 6's other rewards train at the size the Denscore was given (smoke sizes too)
-    other_cfg = replace(denscore_cfg, loss=other) if denscore_cfg is not None and other != "clip" else None
-    model = denscore if reward == "denscore" else toy_preference_model(other, other_cfg, zoo=zoo, progress=progress)
-    sft = toy_sft(cfg.encoders, sft_cfg, zoo=zoo, denscore_cfg=denscore_cfg, progress=progress)
-    prompts = toy_prompts(n_prompts, cfg.seed)
-    V = dataset_direction(denscore, prompts)               # the evaluation's Denscore-O and C_X·V
-    def build(folder: Path, work: Path):
-        import shutil
-        t0 = time.time()
-        lora = train_rft(work, prompts, model, cfg, "toy", dataset_direction(model, prompts, cfg.kind), sft, zoo, eval_steps=eval_steps,
-                         evaluate=toy_evaluator(zoo, denscore, V, n_eval), progress=progress, cpu=True)
-        shutil.copytree(lora, folder / "lora")
-        for f in ("metrics.csv", "eval.jsonl"): shutil.copy(work / f, folder / f)
-        if (work / "samples").exists(): shutil.copytree(work / "samples", folder / "samples")   # validation grids
-        return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps}
-    key = {"rft": asdict(cfg), "n_prompts": n_prompts, "n_eval": n_eval, "eval_steps": eval_steps, "sft": sft.parent.name,
-           "denscore": asdict(denscore_cfg) if denscore_cfg else "default"}
-    if reward != "denscore": key["reward"] = reward
-    return cached_build(f"rft_omega{omega:g}" if reward == "denscore" else f"rft_{reward}_omega{omega:g}", key, build, zoo.cache_dir)
-
-#: The toy world's reward models for Fig. 6: name -> `toy_preference_model` kind.
-TOY_REWARDS = {"denscore": "seg-o", "pickscore": "single", "clip": "clip"}
-
 def read_run(folder) -> tuple:
     "`(metrics, evals)` DataFrames of a run folder: per-step training logs (wide) and the evaluations."
     import pandas as pd
@@ -349,16 +297,12 @@ def read_run(folder) -> tuple:
 
 # %% ../nbs/05_rft.ipynb #4179138c
 def load_reward_model(preset="toy", role: str = "denscore", path=None, zoo=None, overrides: dict | None = None) -> PreferenceModel:
-    "The reward `PreferenceModel` of a preset: the toy Denscore, a random CLIP-H (`sd15-arch`), or local / hub CLIP weights."
+    "The reward `PreferenceModel` of a preset: the toy world's (`zoo`: its models), a random CLIP-H (`sd15-arch`), or local / hub CLIP weights."
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from longalign.core import load_role
     p = get_preset(preset, {**(parse_overrides(overrides) or {}), **({role: str(path)} if path else {})})
     kind = p.ref(role).kind
-    if kind == "toy":
-        from longalign.preference import toy_preference_model
-        return toy_preference_model("seg-o", zoo=zoo)
+    if kind == "toy": return load_role(p, role, models=zoo)
     if kind == "arch":
-        from longalign.toyworld import clip_tokenizer, quiet_loading
         torch.manual_seed(0)
         cfg = CLIPConfig(text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
                          vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
@@ -391,9 +335,7 @@ def run_rft(
 ) -> Path:
     "One RFT run of a real (or architecture) preset from files: what the notebook launches, on one or many processes."
     cfg = RFTConfig.for_preset(preset, omega=omega, **{"kind": "denscore" if reward_role == "denscore" else "single", **cfg_kw})
-    if prompts is None:
-        if get_preset(preset).name != "sd15-arch": raise ValueError(f"preset {preset!r} needs prompts: a .txt (one per line) or a file with a caption column")
-        prompts = toy_prompts(8)
+    if prompts is None: raise ValueError(f"preset {preset!r} needs prompts: a .txt (one per line) or a file with a caption column")
     prompts = prompt_data(prompts)
     if sft_lora is None and get_preset(preset).name == "sd15":
         raise ValueError("preset 'sd15' starts from the SFT weights: pass sft_lora=<folder written by save_long_sd> (04_sft trains them)")

@@ -4,7 +4,6 @@
 
 # %% ../nbs/04_sft.ipynb #f44b098d
 from __future__ import annotations
-import json, math, os, random, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
@@ -12,99 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (TextAdapter, TrainConfig, fid_from_features, fit, get_preset, list_checkpoints, mean_pairwise_distance,
-                            process_state, run_record)
-from .encoding import LongPromptEncoder, encoder_from_preset, load_pipeline
+from .core import TrainConfig, get_preset, image_from_bytes, run_record
+from .encoding import LongPromptEncoder
+from .longsd import add_unet_lora, fit_with_evals, load_long_sd, save_long_sd
 
 # %% auto #0
-__all__ = ['unet_lora_config', 'add_unet_lora', 'lora_summary', 'arch_models', 'load_long_sd', 'ImageCaptions',
-           'image_caption_data', 'LongSD', 'save_long_sd', 'load_long_sd_weights', 'sample_long', 'SFTConfig',
-           'train_sft', 'save_grid', 'fit_with_evals', 'toy_sft', 'toy_evaluator', 'toy_eval_set', 'toy_image_features',
-           'evaluate_toy']
-
-# %% ../nbs/04_sft.ipynb #d4c675c5
-def unet_lora_config(preset="toy", rank: int | None = None, dropout: float = 0.1):
-    "peft `LoraConfig` of the official adapter: the preset's targets, rank (32), alpha = rank (scale 1), dropout 0.1."
-    from peft import LoraConfig
-    p = get_preset(preset)
-    r = rank or p.lora_rank
-    if r < 1: raise ValueError(f"rank={r} must be >= 1")
-    return LoraConfig(r=r, lora_alpha=r, lora_dropout=dropout, target_modules=list(p.lora_targets), init_lora_weights=True)
-
-def add_unet_lora(unet, preset="toy", rank: int | None = None, dropout: float = 0.1, seed: int = 0) -> list[str]:
-    "Freeze `unet`, add the LoRA adapter in place (trainable weights in fp32 whatever the base dtype); the adapted module names."
-    from diffusers.training_utils import cast_training_params
-    unet.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):   # the initial A matrices depend on `seed` only, not on what ran before
-        torch.manual_seed(seed)
-        unet.add_adapter(unet_lora_config(preset, rank, dropout))
-    cast_training_params(unet, dtype=torch.float32)
-    return sorted({n.rsplit(".lora_", 1)[0] for n, p in unet.named_parameters() if p.requires_grad})
-
-def lora_summary(unet) -> pd.DataFrame:
-    "Adapted modules per target suffix: how many, their LoRA parameters, and the UNet's total."
-    import pandas as pd
-    rows = {}
-    for n, p in unet.named_parameters():
-        if not p.requires_grad: continue
-        mod = n.rsplit(".lora_", 1)[0]
-        suffix = next(t for t in ("to_out.0", "ff.net.0.proj") if mod.endswith(t)) if mod.endswith(("to_out.0", "ff.net.0.proj")) else mod.rsplit(".", 1)[-1]
-        r = rows.setdefault(suffix, {"modules": set(), "lora parameters": 0})
-        r["modules"].add(mod); r["lora parameters"] += p.numel()
-    df = pd.DataFrame({k: {"modules": len(v["modules"]), "lora parameters": v["lora parameters"]} for k, v in rows.items()}).T
-    df.loc["total"] = df.sum()
-    return df
-
-# %% ../nbs/04_sft.ipynb #febf1ae0
-_SD_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                    clip_sample=False, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1)
-
-def arch_models(preset="sd15-arch", encoders: str = "clip-cat", seed: int = 0) -> dict:
-    "SD-1.5's UNet, VAE and scheduler, CLIP-L's text tower, T5-large's encoder and adapter, with random weights (no downloads)."
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-    from longalign.toyworld import clip_tokenizer, quiet_loading, train_t5_tokenizer
-    p = get_preset(preset)
-    torch.manual_seed(seed)
-    with quiet_loading():
-        out = dict(
-            unet=UNet2DConditionModel(sample_size=p.resolution // 8, cross_attention_dim=768),   # SD-1.5's config otherwise
-            vae=AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=p.resolution),
-            text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                      num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu")),
-            tokenizer=clip_tokenizer(), scheduler=DDIMScheduler(**_SD_SCHEDULE))
-        if "t5" in encoders:
-            out["t5_tokenizer"] = train_t5_tokenizer(["a photo of a cat on a mat."] * 4, vocab_size=256)
-            out["t5"] = T5EncoderModel(T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16))
-            out["t5_adapter"] = TextAdapter(1024, 896, 768)   # the released LaVi-Bridge T5-UNet adapter's shape
-    return {k: v.eval() if isinstance(v, nn.Module) else v for k, v in out.items()}
-
-def load_long_sd(
-    preset="toy",                   # 'toy', 'sd15-arch', 'sd15' (or a `core.Preset`)
-    encoders: str = "clip-cat",     # 'clip-cat', 't5-mlp' or 'clip+t5'
-    zoo=None,                       # toy: a built `toyworld.Zoo` (default: the default zoo)
-    overrides: dict | None = None,  # role -> local path
-    lora=None,                      # a folder written by `save_long_sd` (LoRA, and the T5 adapter if it holds one)
-    fuse: bool = True,              # fuse the loaded LoRA into the UNet (RFT trains a new LoRA on top)
-) -> tuple:
-    "`(pipe, encoder)`: the preset's diffusers pipeline and a `LongPromptEncoder` over its text encoder(s)."
-    p = get_preset(preset, overrides)
-    if p.ref("unet").kind == "arch":
-        m = arch_models(p, encoders)
-        from longalign.toyworld import toy_pipeline
-        pipe = toy_pipeline(m["vae"], m["text_encoder"], m["tokenizer"], m["unet"], m["scheduler"])
-        extra = {k: m[k] for k in ("t5", "t5_tokenizer", "t5_adapter") if k in m}
-        enc = LongPromptEncoder(pipe.tokenizer, pipe.text_encoder, p.target_length, p.policy, p.pad_star, p.splitter, encoders,
-                                **extra, t5_length=p.target_length)
-    else:
-        if p.ref("unet").kind == "toy" and zoo is None:
-            from longalign.toyworld import ZooConfig, build_zoo
-            zoo = build_zoo(ZooConfig())
-        pipe = load_pipeline(p, zoo=zoo)
-        enc = encoder_from_preset(p, encoders, zoo=zoo, pipe=pipe)
-    if lora is not None: load_long_sd_weights(pipe, enc, lora, fuse=fuse)
-    return pipe, enc
+__all__ = ['ImageCaptions', 'image_caption_data', 'LongSD', 'SFTConfig', 'train_sft']
 
 # %% ../nbs/04_sft.ipynb #9ce9cf16
 class ImageCaptions(torch.utils.data.Dataset):
@@ -118,7 +30,6 @@ class ImageCaptions(torch.utils.data.Dataset):
     def __len__(self): return len(self.data)
 
     def __getitem__(self, i):
-        from longalign.toyworld import image_from_bytes
         row = self.data[i]
         img, cap = row["image"], row["caption"]
         if not isinstance(cap, str): raise ValueError(f"row {i}: caption is {type(cap).__name__}, not a str")
@@ -183,57 +94,6 @@ class LongSD(nn.Module):
         pred = self.unet(self.noise_scheduler.add_noise(z, noise, t), t, cond.to(self.unet.dtype)).sample
         return F.mse_loss(pred.float(), noise.float())
 
-# %% ../nbs/04_sft.ipynb #ba50e19b
-def save_long_sd(folder, unet, encoder: LongPromptEncoder | None = None):
-    "Write the UNet's LoRA (diffusers format), the T5 adapter (if the encoder has one) and the encoding record into `folder`."
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers={k: v.detach().float().cpu().contiguous() for k, v in layers.items()})
-    if encoder is not None:
-        if encoder.t5_adapter is not None: encoder.t5_adapter.save_pretrained(folder / "t5_adapter")
-        (folder / "encoding.json").write_text(json.dumps(encoder.config(), indent=1))
-    return folder
-
-def load_long_sd_weights(pipe, encoder: LongPromptEncoder | None, folder, fuse: bool = False):
-    "Load a `save_long_sd` folder into `pipe` (`load_lora_weights`; fused if `fuse`) and the encoder's T5 adapter."
-    folder = Path(folder)
-    if not (folder / "pytorch_lora_weights.safetensors").exists():
-        raise FileNotFoundError(f"{folder} holds no pytorch_lora_weights.safetensors; give a folder written by save_long_sd")
-    from diffusers.utils import logging as dlog
-    verbosity = dlog.get_verbosity(); dlog.set_verbosity_error()   # it reports that the text encoder has no LoRA: expected
-    try: pipe.load_lora_weights(folder)
-    finally: dlog.set_verbosity(verbosity)
-    if fuse: pipe.fuse_lora(); pipe.unload_lora_weights()
-    if encoder is not None and (folder / "t5_adapter").exists():
-        if encoder.t5_adapter is None: raise ValueError(f"{folder} holds a T5 adapter but the encoder has encoders={encoder.encoders!r}")
-        encoder.t5_adapter.load_state_dict(TextAdapter.from_pretrained(folder / "t5_adapter").state_dict())
-    return pipe
-
-# %% ../nbs/04_sft.ipynb #08bad461
-def sample_long(
-    pipe, encoder: LongPromptEncoder,
-    prompts: list,              # long prompts
-    steps: int = 25,            # UniPC steps (the paper's)
-    guidance: float = 5.0,      # classifier-free guidance (toy models: 5; SD-1.5: 7.5)
-    seed: int = 0,              # image i uses a generator seeded `seed + i`
-    batch_size: int = 50,
-) -> torch.Tensor:
-    "Images (n, 3, H, W) in [0, 1] from long prompts: segment encoding -> UniPC with CFG."
-    from diffusers import UniPCMultistepScheduler
-    from longalign.toyworld import sample
-    saved = pipe.scheduler
-    pipe.scheduler = UniPCMultistepScheduler.from_config(saved.config)
-    try:
-        with torch.no_grad():
-            out = [sample(pipe, steps=steps, guidance=guidance, seed=seed + lo, batch_size=batch_size,
-                          **encoder.encode(prompts[lo:lo + batch_size]).to_pipeline_kwargs())
-                   for lo in range(0, len(prompts), batch_size)]
-    finally: pipe.scheduler = saved
-    return torch.cat(out)
-
 # %% ../nbs/04_sft.ipynb #6653781c
 @dataclass(frozen=True)
 class SFTConfig:
@@ -292,38 +152,6 @@ def train_sft(
                    eval_steps=eval_steps, evaluate=None if evaluate is None else lambda: evaluate(pipe, enc))
     return save_long_sd(Path(output_dir) / "lora", pipe.unet, enc)
 
-def save_grid(images: torch.Tensor, path, nrow: int = 8):
-    "Save images (n, 3, H, W) in [0, 1] as one PNG grid, atomically."
-    from torchvision.utils import save_image
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png"); save_image(images.detach().float().clamp(0, 1).cpu(), tmp, nrow=nrow, padding=1); os.replace(tmp, path)
-
-def fit_with_evals(model, dataset, step_fn, config: TrainConfig, collate=None, record=None, eval_steps=None, evaluate=None):
-    """`core.fit` in chunks that end at `eval_steps`, after each of which `evaluate()` (a dict of numbers) is appended to
-    `output_dir/eval.jsonl`; an 'images' entry (n, 3, H, W) is saved as the grid `output_dir/samples/step_XXXXXX.png` instead.
-    The harness resumes from its own checkpoint at every chunk, so the run equals an unchunked one; evaluations already in
-    the file are not repeated when a run resumes."""
-    out = Path(config.output_dir)
-    path = out / "eval.jsonl"
-    done = {json.loads(l)["step"] for l in path.read_text().splitlines()} if path.exists() else set()
-    wanted = sorted({s for s in (eval_steps or []) if 0 <= s <= config.max_steps})
-    def run_eval(step):
-        if evaluate is None or step not in wanted or step in done: return
-        state = process_state()
-        if state.is_main_process:                 # one process evaluates and writes; the others wait for it
-            model.eval(); row = evaluate()
-            images = row.pop("images", None)
-            out.mkdir(parents=True, exist_ok=True)
-            if images is not None: save_grid(images, out / "samples" / f"step_{step:06d}.png")
-            with open(path, "a") as f: f.write(json.dumps({"step": step, **row}) + "\n")
-        state.wait_for_everyone()
-    if not list_checkpoints(out): run_eval(0)
-    result = None
-    for stop in sorted({s for s in wanted if s > 0} | {config.max_steps}):
-        result = fit(model, dataset, step_fn, replace(config, max_steps=stop, checkpoint_every=min(config.checkpoint_every, stop)),
-                     collate=collate, record=record)
-        run_eval(stop)
-    return result
 
 # %% ../nbs/04_sft.ipynb #da282143
 def _train_mode_keeps_frozen_eval(self, mode: bool = True):
@@ -335,85 +163,3 @@ def _train_mode_keeps_frozen_eval(self, mode: bool = True):
     return self
 
 LongSD.train = _train_mode_keeps_frozen_eval
-
-# %% ../nbs/04_sft.ipynb #66879e63
-def toy_sft(
-    encoders: str = "clip-cat",
-    cfg: SFTConfig | None = None,     # default: `SFTConfig.for_preset('toy', encoders=encoders)`
-    n_train: int | None = None,       # toy image / long-caption pairs; None: 4,000 (smoke zoo: 64)
-    n_eval: int | None = None,        # held-out captions per evaluation (0: no evaluations); None: 100 (smoke zoo: 2)
-    eval_steps: list | None = None,   # default: 0, a third, two thirds and the end of the run
-    zoo=None,
-    denscore_cfg=None,                # the evaluations' toy Denscore (`PreferenceTrainConfig`; default: its toy default)
-    progress: bool = True,
-) -> Path:
-    "The toy longSD(S) weights folder (`save_long_sd` layout; metrics.csv and eval.jsonl beside it), trained once and cached."
-    from longalign.toyworld import ZooConfig, build_zoo, cached_build, long_caption_dataset
-    zoo = zoo or build_zoo(ZooConfig())
-    cfg = cfg or SFTConfig.for_preset("toy", encoders=encoders)
-    if cfg.encoders != encoders: raise ValueError(f"encoders={encoders!r} but cfg.encoders={cfg.encoders!r}")
-    n_train = n_train or (64 if zoo.cfg.smoke_sizes else 4000)
-    n_eval = (2 if zoo.cfg.smoke_sizes else 100) if n_eval is None else n_eval
-    eval_steps = eval_steps if eval_steps is not None else sorted({0, cfg.steps // 3, 2 * cfg.steps // 3, cfg.steps})
-    def build(folder: Path, work: Path):
-        import shutil
-        from longalign.preference import toy_preference_model
-        t0 = time.time()
-        data = image_caption_data(long_caption_dataset(n_train, seed=cfg.seed + 7), get_preset("toy").resolution)
-        evaluate = toy_evaluator(zoo, toy_preference_model("seg-o", denscore_cfg, zoo=zoo, progress=progress), n=n_eval) if n_eval else None
-        lora = train_sft(work, data, cfg, "toy", zoo, eval_steps=eval_steps, evaluate=evaluate, progress=progress, cpu=True)
-        shutil.copytree(lora, folder / "lora")
-        for f in ("metrics.csv", "eval.jsonl"):
-            if (work / f).exists(): shutil.copy(work / f, folder / f)
-        if (work / "samples").exists(): shutil.copytree(work / "samples", folder / "samples")
-        return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps, "pairs": n_train}
-    key = {"sft": asdict(cfg), "n_train": n_train, "n_eval": n_eval, "eval_steps": eval_steps,
-           "denscore": asdict(denscore_cfg) if denscore_cfg else "default",
-           "unet": zoo.path("unet").parent.name, "t5_adapter": zoo.path("t5_adapter").parent.name}
-    return cached_build(f"sft_{encoders}", key, build, zoo.cache_dir) / "lora"
-
-def toy_evaluator(zoo, denscore=None, V: torch.Tensor | None = None, n: int = 100, sample_steps: int = 25, guidance: float | None = None):
-    "evaluate(pipe, encoder) -> the toy metrics (`evaluate_toy`; Denscore-O and C_X·V if V is given) of UniPC samples for `n` held-out captions."
-    sc, caps = toy_eval_set(n)
-    texts = [c.text for c in caps]
-    def evaluate(pipe, encoder) -> dict:
-        imgs = sample_long(pipe, encoder, texts, steps=sample_steps, guidance=guidance or zoo.cfg.guidance)
-        out = {**evaluate_toy(zoo, imgs, sc, caps, denscore), "images": imgs[:16]}   # the grid goes to samples/
-        if V is not None:
-            with torch.no_grad():
-                out["denscore_o"] = float(denscore.denscore_o(imgs, texts, V).mean())
-                out["irrelevant"] = float((100 * denscore.image_embeds(imgs) @ V).mean())
-        return out
-    return evaluate
-
-def toy_eval_set(n: int = 200, seed: int = 0) -> tuple:
-    "Held-out toy scenes and their long captions (disjoint seeds from every training set)."
-    from longalign.toyworld import long_caption, scenes
-    sc = scenes(n, seed=seed + 4242)
-    return sc, [long_caption(s, random.Random(seed * 7919 + 31 + i)) for i, s in enumerate(sc)]
-
-def toy_image_features(zoo, images: torch.Tensor) -> torch.Tensor:
-    "The zoo CLIP's image features: the toy world's Inception for FID."
-    from longalign.toyworld import _features, clip_pixels
-    clip = zoo.load("clip")
-    with torch.no_grad(): return torch.cat([_features(clip.get_image_features(pixel_values=clip_pixels(images[i:i + 200])))
-                                            for i in range(0, len(images), 200)])
-
-def evaluate_toy(zoo, images: torch.Tensor, scene_list: list, captions: list, denscore=None) -> dict:
-    """Toy FID, diversity, Denscore, the oracle's accuracy (%, with 95 % intervals) before/after the 77-token cut, the background's
-    distance from the optimum; per caption, the oracle's hits and fact counts (`oracle_hits_*`, `oracle_facts_*`) for paired comparisons."""
-    from longalign.toyworld import background_distance, caption_bootstrap, hits_by_cut, render
-    tok = zoo.load("tokenizer")
-    hits = hits_by_cut(zoo.oracle, images, captions, tok)
-    ref = torch.stack([render(s) for s in scene_list])
-    feats, ref_feats = toy_image_features(zoo, images), toy_image_features(zoo, ref)
-    out = {"fid": fid_from_features(feats, ref_feats),
-           "diversity": mean_pairwise_distance(feats), "diversity_renders": mean_pairwise_distance(ref_feats)}   # across captions
-    for part in ("before_cut", "after_cut", "all"):     # in %, with a 95 % bootstrap interval over the captions
-        rate, lo, hi = caption_bootstrap(hits[part])
-        out.update({f"oracle_{part}": 100 * rate, f"oracle_{part}_ci_low": 100 * lo, f"oracle_{part}_ci_high": 100 * hi,
-                    f"oracle_hits_{part}": [int(h.sum()) for h in hits[part]], f"oracle_facts_{part}": [len(h) for h in hits[part]]})
-    out["background_distance"] = float(background_distance(images).mean())
-    if denscore is not None:
-        with torch.no_grad(): out["denscore"] = float(denscore.denscore(images, [c.text for c in captions]).mean())
-    return out

@@ -15,21 +15,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .core import TextAdapter, TrainConfig, fit, progress_note, retrieval_recall
+from .core import (CLIP_MEAN, CLIP_STD, cache_root, clip_tokenizer, clip_tokenizer_files, feature_tensor, image_from_bytes,
+                            image_to_png, quiet_loading, sample, sd_pipeline, train_t5_tokenizer)   # the toy world's building blocks
 
 # %% auto #0
-__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CACHE_FORMAT', 'ATTR_VALUES', 'CLIP_MEAN',
-           'CLIP_STD', 'ToyObject', 'Scene', 'WorldConfig', 'random_scene', 'scenes', 'optimal_background',
-           'background', 'render', 'background_distance', 'Fact', 'Caption', 'long_caption', 'short_caption',
-           'cache_root', 'clip_tokenizer_files', 'clip_tokenizer', 'token_lengths', 'facts_after_cut', 'config_hash',
+__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CACHE_FORMAT', 'ATTR_VALUES', 'ToyObject', 'Scene',
+           'WorldConfig', 'random_scene', 'scenes', 'optimal_background', 'background', 'render', 'background_distance',
+           'Fact', 'Caption', 'long_caption', 'short_caption', 'token_lengths', 'facts_after_cut', 'config_hash',
            'CacheError', 'entry_path', 'cached_build', 'entry_metrics', 'ShippedEntryWarning', 'shipped_root',
            'verify_entry', 'ship_entry', 'verify_shipped', 'CellReader', 'to_cells', 'cell_labels', 'degrade',
            'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy', 'train_oracle', 'scene_to_json',
-           'scene_from_json', 'caption_to_json', 'caption_from_json', 'image_to_png', 'image_from_bytes',
-           'long_caption_dataset', 'PreferenceConfig', 'break_facts', 'facts_shown', 'preference_dataset',
-           'clip_pixels', 'fact_token_labels', 'train_t5_tokenizer', 'caption_before_cut', 'ZooConfig',
-           'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'paired_bootstrap', 'alignment_by_cut',
-           'chance_by_cut', 'caption_gain_by_noise', 'toy_pipeline', 'sample', 't5_states', 'quiet_loading', 'Zoo',
-           'build_zoo', 'zoo_cli']
+           'scene_from_json', 'caption_to_json', 'caption_from_json', 'long_caption_dataset', 'PreferenceConfig',
+           'break_facts', 'facts_shown', 'preference_dataset', 'clip_pixels', 'fact_token_labels', 'caption_before_cut',
+           'ZooConfig', 'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'paired_bootstrap',
+           'alignment_by_cut', 'chance_by_cut', 'caption_gain_by_noise', 't5_states', 'Zoo', 'build_zoo',
+           'toy_image_features', 'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -186,43 +186,6 @@ def short_caption(scene: Scene) -> str:
     "The short prompt p: the objects in reading order, one line."
     parts = [f"a {o.size} {o.colour} {o.shape}" for o in sorted(scene.objects, key=lambda o: o.cell)]
     return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "an empty grid"
-
-# %% ../nbs/00a_toyworld.ipynb #8b46bbe8
-def cache_root(cache_dir=None) -> Path:
-    "Where the toy world caches what it builds: `cache_dir`, else $LONGALIGN_CACHE, else ~/.cache/longalign."
-    return Path(cache_dir or os.environ.get("LONGALIGN_CACHE") or Path.home() / ".cache" / "longalign")
-
-def _bytes_to_unicode():
-    "GPT-2/CLIP's reversible byte -> printable character table."
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs: bs.append(b); cs.append(256 + n); n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-def clip_tokenizer_files(cache_dir=None) -> Path:
-    "Folder with `vocab.json` and `merges.txt` built from open_clip's BPE file (written once)."
-    import open_clip
-    out = cache_root(cache_dir) / "clip-tokenizer"
-    if (out / "vocab.json").exists() and (out / "merges.txt").exists(): return out
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    vocab = list(_bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    tmp = out.with_name(f".tmp-clip-tokenizer-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    if out.exists(): shutil.rmtree(tmp)         # another process won the race
-    else: os.rename(tmp, out)
-    return out
-
-def clip_tokenizer(cache_dir=None, fast: bool = False):
-    "transformers' CLIP tokenizer with the real vocabulary, built offline (max length 77, pad = eot as in SD-1.5)."
-    from transformers import CLIPTokenizer, CLIPTokenizerFast
-    d = clip_tokenizer_files(cache_dir)
-    cls = CLIPTokenizerFast if fast else CLIPTokenizer
-    return cls(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
 
 # %% ../nbs/00a_toyworld.ipynb #72bd2422
 def _oc_ids(oc_tok, text):
@@ -576,20 +539,6 @@ def caption_from_json(text: str) -> Caption:
     d = json.loads(text)
     return Caption(tuple(d["sentences"]), tuple(Fact(**f) if f else None for f in d["facts"]), d["short"])
 
-def image_to_png(image: torch.Tensor) -> bytes:
-    "A (3, H, W) image in [0, 1] as PNG bytes."
-    import io
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray((image.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="PNG")
-    return buf.getvalue()
-
-def image_from_bytes(data) -> torch.Tensor:
-    "Encoded image bytes (PNG, JPEG) or a PIL image -> (3, H, W) float in [0, 1]."
-    import io
-    from PIL import Image
-    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
-    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 # %% ../nbs/00a_toyworld.ipynb #2d6e8982
 def long_caption_dataset(
@@ -672,7 +621,6 @@ def preference_dataset(
 
 # %% ../nbs/00a_toyworld.ipynb #4a175c6b
 ATTR_VALUES = SHAPES + tuple(COLOURS) + SIZES          # the value classes of the binding objective
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 def clip_pixels(images: torch.Tensor) -> torch.Tensor:
     "Images in [0, 1] normalised with CLIP's mean and std (the toy towers read 32 px directly)."
@@ -692,22 +640,6 @@ def fact_token_labels(caption: Caption, tokenizer, max_length: int) -> tuple:
     ids, cell, val = ids[:keep] + special[-1:], cell[:keep] + [-100], val[:keep] + [-100]
     pad = max_length - len(ids)
     return ids + [tokenizer.pad_token_id] * pad, cell + [-100] * pad, val + [-100] * pad
-
-def train_t5_tokenizer(texts, vocab_size: int = 512):
-    """The toy T5's tokenizer: SentencePiece-style BPE (lower-cased, `▁` marks word starts) trained on `texts`, with T5's
-    special ids (`<pad>` 0, `</s>` 1 appended to every text, `<unk>` 2); printable ASCII never maps to `<unk>`."""
-    import string
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(prepend_scheme="first"), pre_tokenizers.Punctuation()])
-    tk.decoder = decoders.Metaspace(prepend_scheme="first")
-    alphabet = sorted(set(string.ascii_lowercase + string.digits + string.punctuation) | {"▁"})
-    tk.train_from_iterator(list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-                                                             initial_alphabet=alphabet, show_progress=False))
-    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 def caption_before_cut(caption: Caption, tokenizer, limit: int = 77) -> str:
     "The sentences of `caption` that fit entirely before CLIP's cut: what a truncating encoder still sees whole."
@@ -839,9 +771,6 @@ def _retrieval_r1(text_emb, image_emb) -> float:
     sim = F.normalize(text_emb, dim=-1) @ F.normalize(image_emb, dim=-1).T
     return retrieval_recall(sim, ks=(1,))["R@1"]
 
-def _features(out):   # transformers 5 returns a model output from get_*_features, 4.x a tensor
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
 def _build_clip(cfg: ZooConfig, cache_dir, progress) -> Path:
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig
     def build(folder: Path, work: Path):
@@ -876,8 +805,8 @@ def _build_clip(cfg: ZooConfig, cache_dir, progress) -> Path:
         ev, ev_caps = _held_out(cfg)
         e_ids, e_cell, e_val = _text_rows(ev_caps, tok, 77)
         with torch.no_grad():
-            t = _features(clip.get_text_features(input_ids=e_ids))
-            i = _features(clip.get_image_features(pixel_values=clip_pixels(torch.stack([render(s) for s in ev]))))
+            t = feature_tensor(clip.get_text_features(input_ids=e_ids))
+            i = feature_tensor(clip.get_image_features(pixel_values=clip_pixels(torch.stack([render(s) for s in ev]))))
             h = clip.text_model(input_ids=e_ids).last_hidden_state
             m = e_cell != -100
             cell_acc = (model["binding"].cell(h).argmax(-1) == e_cell)[m].float().mean()
@@ -910,7 +839,7 @@ def _build_t5(cfg: ZooConfig, cache_dir, progress) -> Path:
         ids, cell, val = _text_rows(caps, tok, cfg.t5_max_length)
         clip = CLIPModel.from_pretrained(clip_dir / "clip").eval()
         with torch.no_grad():
-            img = torch.cat([_features(clip.get_image_features(pixel_values=clip_pixels(images[i:i + 500])))
+            img = torch.cat([feature_tensor(clip.get_image_features(pixel_values=clip_pixels(images[i:i + 500])))
                              for i in range(0, len(images), 500)])
         torch.manual_seed(cfg.seed)
         w = cfg.t5_width
@@ -932,7 +861,7 @@ def _build_t5(cfg: ZooConfig, cache_dir, progress) -> Path:
         e_ids, _, _ = _text_rows(ev_caps, tok, cfg.t5_max_length)
         with torch.no_grad():
             _, t = model.pooled(e_ids)
-            i = _features(clip.get_image_features(pixel_values=clip_pixels(torch.stack([render(s) for s in ev]))))
+            i = feature_tensor(clip.get_image_features(pixel_values=clip_pixels(torch.stack([render(s) for s in ev]))))
         truncated = float(np.mean([len(tok(c.text).input_ids) > cfg.t5_max_length for c in ev_caps]))
         return {"train_seconds": round(time.time() - t0, 1), "parameters": sum(p.numel() for p in t5.parameters()),
                 "r1_text_to_clip_image": _retrieval_r1(t, i), "held_out": len(ev), "captions_truncated": truncated}
@@ -1074,7 +1003,7 @@ def _build_unet(cfg: ZooConfig, cache_dir, progress) -> Path:
             _train_cfg(work, cfg, cfg.unet_steps, cfg.unet_batch, cfg.unet_lr, progress, warmup=100, clip=1.0))
         seconds = time.time() - t0
         unet.eval(); unet.save_pretrained(folder / "unet"); sample_sched.save_pretrained(folder / "scheduler")
-        pipe = toy_pipeline(vae, te, clip_tokenizer(cache_dir), unet, sample_sched)
+        pipe = sd_pipeline(vae, te, clip_tokenizer(cache_dir), unet, sample_sched)
         ev, ev_caps = _held_out(cfg)
         imgs = sample(pipe, [c.text for c in ev_caps], steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed)
         oracle = train_oracle(cfg.oracle, cache_dir, progress)
@@ -1088,39 +1017,6 @@ def _build_unet(cfg: ZooConfig, cache_dir, progress) -> Path:
                 "background_distance": float(background_distance(imgs).mean()), "held_out": len(ev)}
     return cached_build("unet", _unet_key(cfg), build, cache_dir)
 
-def toy_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
-    "A diffusers `StableDiffusionPipeline` from the given parts (no safety checker), progress bar off."
-    from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-def sample(
-    pipe,                       # a `StableDiffusionPipeline`
-    prompts: list = None,       # texts (the pipeline's tokenizer truncates them at 77 tokens); or give `prompt_embeds`
-    steps: int = 20,            # sampler steps
-    guidance: float = 5.0,      # classifier-free guidance scale
-    seed: int = 0,              # image i of a call uses the generator seeded `seed + i`, so any batching gives the same images
-    batch_size: int = 50,
-    **kwargs,                   # passed to the pipeline (e.g. `prompt_embeds`, `negative_prompt_embeds`)
-) -> torch.Tensor:
-    "Images in [0, 1], (n, 3, H, W), from the pipeline at its UNet's resolution."
-    from diffusers.utils import logging as dlog
-    n = len(prompts) if prompts is not None else len(kwargs["prompt_embeds"])
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    out, verbosity = [], dlog.get_verbosity()
-    dlog.set_verbosity_error()                          # the pipeline warns about every truncated prompt
-    try:
-        for lo in range(0, n, batch_size):
-            hi = min(n, lo + batch_size)
-            part = {k: v[lo:hi] if torch.is_tensor(v) and len(v) == n else v for k, v in kwargs.items()}
-            gens = [torch.Generator().manual_seed(seed + i) for i in range(lo, hi)]
-            res = pipe(prompts[lo:hi] if prompts is not None else None, height=size, width=size, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=gens, output_type="pt", **part)
-            out.append(res.images.float().cpu())
-    finally: dlog.set_verbosity(verbosity)
-    return torch.cat(out)
 
 # %% ../nbs/00a_toyworld.ipynb #bd8493b4
 def t5_states(t5, tokenizer, texts, max_length: int) -> torch.Tensor:
@@ -1169,19 +1065,6 @@ def _build_adapter(cfg: ZooConfig, cache_dir, progress) -> Path:
         return {"train_seconds": round(time.time() - t0, 1), "parameters": sum(p.numel() for p in adapter.parameters()), **losses}
     return cached_build("t5_adapter", _adapter_key(cfg), build, cache_dir)
 
-# %% ../nbs/00a_toyworld.ipynb #e2468b5d
-@contextlib.contextmanager
-def quiet_loading():
-    "Silence transformers' and diffusers' loading bars and notices (restored afterwards)."
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-    levels, bar = (tlog.get_verbosity(), dlog.get_verbosity()), tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error(); dlog.set_verbosity_error(); tlog.disable_progress_bar()
-    try: yield
-    finally:
-        tlog.set_verbosity(levels[0]); dlog.set_verbosity(levels[1])
-        if bar: tlog.enable_progress_bar()
-
 # %% ../nbs/00a_toyworld.ipynb #a19c41a7
 _ROLE_FOLDERS = {"vae": ("vae", "vae"), "clip": ("clip", "clip"), "text_encoder": ("clip", "clip"),
                  "tokenizer": ("clip", "tokenizer"), "t5": ("t5", "t5"), "t5_tokenizer": ("t5", "t5_tokenizer"),
@@ -1195,24 +1078,25 @@ class Zoo:
     def path(self, role: str) -> Path:
         "The folder of `role`, loadable with `from_pretrained` (or as `load_role(..., overrides={role: path})`)."
         if role not in _ROLE_FOLDERS:
-            raise KeyError(f"the toy zoo has no role {role!r}; it has {sorted(_ROLE_FOLDERS)} (the toy preference models are "
-                           f"trained by 02_denscore from 'clip')")
+            raise KeyError(f"the toy zoo has no role {role!r}; it has {sorted(_ROLE_FOLDERS)}. The reward roles (the toy "
+                           f"preference models, trained from 'clip') come from experiments.ToyWorld(zoo)")
         entry, sub = _ROLE_FOLDERS[role]
         return self.entries[entry] / sub
 
     def load(self, role: str):
         "The model (or tokenizer, scheduler) of `role`, in eval mode."
+        path = self.path(role)                  # an unknown role fails here, with the roles the zoo has
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerFast, T5EncoderModel
         cls = {"vae": AutoencoderKL, "clip": CLIPModel, "text_encoder": CLIPTextModel, "tokenizer": CLIPTokenizer,
                "t5": T5EncoderModel, "t5_tokenizer": PreTrainedTokenizerFast, "unet": UNet2DConditionModel, "scheduler": DDIMScheduler,
                "t5_adapter": TextAdapter}[role]
-        with quiet_loading(): obj = cls.from_pretrained(self.path(role))
+        with quiet_loading(): obj = cls.from_pretrained(path)
         return obj.eval() if isinstance(obj, nn.Module) else obj
 
     def pipeline(self):
         "The toy SD-1.5: a `StableDiffusionPipeline` from the zoo's VAE, CLIP text tower, tokenizer, UNet and DDIM."
-        return toy_pipeline(*(self.load(r) for r in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")))
+        return sd_pipeline(*(self.load(r) for r in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")))
 
     @property
     def oracle(self) -> Oracle: return train_oracle(self.cfg.oracle, self.cache_dir, progress=False)
@@ -1234,6 +1118,13 @@ def build_zoo(
                    "t5_adapter": _build_adapter(cfg, cache_dir, progress)}
     entries["oracle"] = entry_path("oracle", asdict(cfg.oracle), cache_dir)
     return Zoo(cfg, entries, cache_dir)
+
+def toy_image_features(zoo: Zoo, images: torch.Tensor) -> torch.Tensor:
+    "The zoo CLIP's image features: the toy world's Inception for FID."
+    clip = zoo.load("clip")
+    with torch.no_grad(): return torch.cat([feature_tensor(clip.get_image_features(pixel_values=clip_pixels(images[i:i + 200])))
+                                            for i in range(0, len(images), 200)])
+
 
 # %% ../nbs/00a_toyworld.ipynb #c219f064
 from fastcore.script import call_parse

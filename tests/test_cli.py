@@ -38,7 +38,8 @@ def test_sample_then_eval(tmp_path):
 def test_zoo_defaults_to_smoke_under_in_test(tmp_path):
     """CI runs the README's commands verbatim with IN_TEST=1: without --zoo both scripts then use the smoke toy world
     (the sample folder's manifest and the summary's versions name the zoo), and a rerun with other settings is refused."""
-    from longalign.evaluation import _zoo_id, toy_world
+    from longalign.evaluation import _zoo_id
+    from longalign.experiments import toy_world
     from longalign.toyworld import long_caption, scenes
     caps = [long_caption(s, random.Random(i)).text for i, s in enumerate(scenes(2, seed=3))]
     (tmp_path / "p.txt").write_text("\n".join(caps) + "\n")
@@ -48,7 +49,7 @@ def test_zoo_defaults_to_smoke_under_in_test(tmp_path):
     env = {**one_thread, "IN_TEST": "1"}
     _run("longalign-sample", tmp_path / "p.txt", tmp_path / "a", "--encoders", "base", "--steps", "2", env=env, timeout=300)
     _run("longalign-sample", tmp_path / "p.txt", tmp_path / "b", "--encoders", "base", "--steps", "2", "--zoo", "smoke", env=one_thread)
-    smoke = toy_world("smoke")[0]
+    smoke = toy_world("smoke")
     zoo_of = lambda d: json.loads((tmp_path / d / "manifest.json").read_text())["zoo"]
     assert zoo_of("a") == zoo_of("b") == {k: v.name for k, v in sorted(smoke.entries.items())}
     assert (tmp_path / "a" / "0.png").read_bytes() == (tmp_path / "b" / "0.png").read_bytes()

@@ -17,8 +17,9 @@ def _toy_rows(n=3, seed=7):
 def test_sample_folder_refuses_a_folder_sampled_with_other_settings(tmp_path):
     """A folder remembers what its images were sampled with (manifest.json); a rerun with the same settings continues,
     one with other settings is refused before anything changes, and resample=True replaces the images."""
-    from longalign.evaluation import sample_folder, toy_world
-    zoo, _ = toy_world("smoke")
+    from longalign.evaluation import sample_folder
+    from longalign.experiments import toy_world
+    zoo = toy_world("smoke")
     rows, out = _toy_rows(), tmp_path / "imgs"
     kw = dict(encoders=None, steps=2, batch_size=2, zoo=zoo, progress=False)
     sample_folder(out, rows, seed=0, **kw)
@@ -48,23 +49,23 @@ def test_sample_folder_refuses_a_folder_sampled_with_other_settings(tmp_path):
 
 def test_vqa_counts_unscorable_prompts_and_stops_on_other_errors(tmp_path):
     "A prompt the toy VQA cannot read is counted as unscorable; any other error inside the VQA score stops the evaluation."
-    from longalign.evaluation import ToyVQA, evaluate_folder, sample_folder, toy_world
-    zoo, dcfg = toy_world("smoke")
+    from longalign.evaluation import ToyVQA, evaluate_folder, sample_folder
+    from longalign.experiments import toy_world
+    zoo = toy_world("smoke")            # the toy preset's models, its 3-step smoke Denscore included
     rows = _toy_rows(2) + [{"id": "dog", "caption": "A photo of a dog on a beach."}]
     out = sample_folder(tmp_path / "imgs", rows, encoders=None, steps=2, zoo=zoo, progress=False)
-    s = evaluate_folder(out, metrics=("vqa",), zoo=zoo, denscore_cfg=dcfg, progress=False).set_index("metric")
+    s = evaluate_folder(out, metrics=("vqa",), zoo=zoo, progress=False).set_index("metric")
     assert (s.loc["vqa", "n"], s.loc["skipped:unscorable_prompt", "n"]) == (2, 1)
     assert json.loads(s.loc["vqa", "versions"])["zoo"]            # which toy world scored it
     with mock.patch.object(ToyVQA, "__call__", side_effect=ValueError("a shape bug in our code")):
         with pytest.raises(ValueError, match="a shape bug in our code"):
-            evaluate_folder(out, metrics=("vqa",), zoo=zoo, denscore_cfg=dcfg, progress=False)
+            evaluate_folder(out, metrics=("vqa",), zoo=zoo, progress=False)
 
 
 def test_tables_are_keyed_by_every_setting_that_changes_them(tmp_path):
     "03 records Tables 1 and 4 under its settings; 07 reads them back only with the same settings and the same zoo."
-    from longalign.decomposition import retrieval_table_settings
-    from longalign.evaluation import read_table, record_table, toy_world
-    zoo, _ = toy_world("smoke")
+    from longalign.experiments import read_table, record_table, retrieval_table_settings, toy_world
+    zoo = toy_world("smoke")
     zoo = copy.copy(zoo); zoo.cache_dir = tmp_path                  # tables written here, not in the shared cache
     settings = retrieval_table_settings(40, 20, 0, smoke=True)
     record_table("table1", [{"model": "CLIP", "R@1": 12.5}], zoo, settings)
@@ -139,7 +140,7 @@ def _tiny_unet():
 
 
 def test_official_lora_file_written_by_the_official_routine_merges_to_the_same_unet(tmp_path):
-    from longalign.evaluation import merge_official_lora, official_lora_modules
+    from longalign.longsd import merge_official_lora, official_lora_modules
     base = _tiny_unet()
     trained = copy.deepcopy(base)
     official_inject(trained, rank=4)

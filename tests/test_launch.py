@@ -19,7 +19,7 @@ def _tiny_sd15(folder: Path) -> dict:
     "Random-weight SD-1.5-layout role folders (a VAE with 16× down-sampling, so 512 px is 32×32 latents) and a tiny reward CLIP."
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
-    from longalign.sft import _SD_SCHEDULE
+    from longalign.longsd import _SD_SCHEDULE
     from longalign.toyworld import clip_tokenizer
     torch.manual_seed(0)
     text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -64,7 +64,7 @@ def _papermill(nb: str, out: Path, cwd: Path, env: dict, **params):
 def box(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu-box")
     roles = _tiny_sd15(tmp / "models")
-    from longalign.rft import toy_prompts
+    from longalign.experiments import toy_prompts
     captions = toy_prompts(4)
     data = _longalign_layout(tmp / "data", captions)
     (tmp / "prompts.txt").write_text("\n".join(captions) + "\n")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from longalign.preference import batch_common_direction, common_direction
+from longalign.decomposition import batch_common_direction, common_direction
 
 SCRIPT = textwrap.dedent('''
     import sys, torch
     from accelerate import Accelerator
-    from longalign.preference import batch_common_direction
+    from longalign.decomposition import batch_common_direction
     acc = Accelerator(cpu=True)
     data = torch.load(sys.argv[1])
     per = len(data) // acc.num_processes                 # equal per-process batches that cover the dataset exactly
@@ -124,7 +124,8 @@ def test_text_embeds_pad_to_the_longest_while_training_and_to_77_when_cached(tmp
     """A training text tower pads a batch to its longest text (CLIP's causal tower gives the same embeddings, up to rounding);
     a frozen one pads to 77, exactly as before (05's resume test shows why: cached texts change the companions' lengths)."""
     from transformers import CLIPModel, CLIPTokenizer
-    from longalign.preference import PreferenceModel, _features
+    from longalign.core import feature_tensor as _features
+    from longalign.preference import PreferenceModel
     folder = _tiny_clip_h(tmp_path / "clip")
     pm = PreferenceModel(CLIPModel.from_pretrained(folder).requires_grad_(False), CLIPTokenizer.from_pretrained(folder)).eval()
     texts = ["A red circle.", "The square in the top left corner of the picture is painted a clear blue.", "It is small."]

@@ -10,8 +10,8 @@ from longalign.toyworld import ZooConfig, build_zoo
 
 JOB = """
 import sys
-from longalign.preference import toy_preference_model
-from longalign.rft import RFTConfig, toy_prompts, train_rft
+from longalign.experiments import toy_preference_model, toy_prompts
+from longalign.rft import RFTConfig, train_rft
 from longalign.toyworld import ZooConfig, build_zoo
 zoo = build_zoo(ZooConfig.smoke(), cache_dir=sys.argv[2], progress=False)
 cfg = RFTConfig(steps=2, batch_size=4, sampler_steps=2, grad_steps=1, direction="batch", checkpoint_every=1)

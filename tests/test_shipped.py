@@ -45,12 +45,12 @@ def test_shipped_models_meet_00a_quality_checks():
 
 def test_main_job_models_load_from_the_shipped_copies_without_training(tmp_path, monkeypatch):
     "The README's main job (05 at its defaults): the toy Denscore, the single-value reward, longSD(S) and every RFT run of the ω study and of Fig. 6 ship."
-    from longalign import preference, rft, sft
+    from longalign import experiments, longsd, preference, rft
     def no_training(*a, **k): raise AssertionError("trained although the model should ship: run 05 at its defaults and tools/ship_models.py")
-    for module in (tw, preference, sft): monkeypatch.setattr(module, "fit", no_training)
+    for module in (tw, preference, longsd): monkeypatch.setattr(module, "fit", no_training)
     zoo = tw.build_zoo(CFG, cache_dir=tmp_path, progress=False)
-    runs = [rft.toy_rft(w, rft.RFTConfig.for_preset("toy", omega=w), zoo=zoo, progress=False) for w in (0.0, 0.3, 1.0)]
-    runs += [rft.toy_rft(w, rft.RFTConfig.for_preset("toy", omega=w, kind="single"), zoo=zoo, reward=r, progress=False)
+    runs = [experiments.toy_rft(w, rft.RFTConfig.for_preset("toy", omega=w), zoo=zoo, progress=False) for w in (0.0, 0.3, 1.0)]
+    runs += [experiments.toy_rft(w, rft.RFTConfig.for_preset("toy", omega=w, kind="single"), zoo=zoo, reward=r, progress=False)
              for r in ("clip", "pickscore") for w in (1.0, 0.3)]
     for run in runs:
         assert tw.verify_entry(run) == []
