@@ -510,6 +510,7 @@ class TrainConfig:
     log_with: str | None = None             # accelerate tracker ('tensorboard', 'wandb', ...)
     cpu: bool = False                       # force the CPU even where CUDA exists
     progress: bool = True                   # tqdm bar on the main process
+    fused_optimizer: bool = False           # AdamW's fused kernel (CPU and CUDA): the same update up to rounding, in fewer passes
 
     def micro_batch(self, num_processes: int) -> int:
         "Samples per process per micro-batch."
@@ -662,8 +663,9 @@ def _check_or_write_config(out: Path, cfg: TrainConfig, record: dict, resuming: 
     path = out / "config.json"
     if resuming and path.exists():
         old = json.loads(path.read_text())
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}   # a field newer than the run: its default
         diff = [k for k in sorted(set(old["train"]) | set(new["train"]))
-                if k not in _RESUME_FREE and old["train"].get(k) != new["train"].get(k)]
+                if k not in _RESUME_FREE and old["train"].get(k, defaults.get(k)) != new["train"].get(k, defaults.get(k))]
         diff += [k for k in ("preset", "settings") if json.loads(json.dumps(old.get(k), default=str)) != json.loads(json.dumps(new.get(k), default=str))]
         if diff:
             raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)}); resuming would mix two runs. "
@@ -745,7 +747,7 @@ def fit(
     set_seed(cfg.seed, device_specific=True)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
-    opt = optimizer or torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = optimizer or torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if cfg.fused_optimizer else {}))
     sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
     model, opt = acc.prepare(model, opt)
     start = _load_checkpoint(acc, model, opt, sched, ckpts[-1]) if ckpts else 0

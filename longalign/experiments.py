@@ -119,7 +119,7 @@ def toy_sft(
             if (work / f).exists(): shutil.copy(work / f, folder / f)
         if (work / "samples").exists(): shutil.copytree(work / "samples", folder / "samples")
         return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps, "pairs": n_train}
-    key = {"sft": asdict(cfg), "n_train": n_train, "n_eval": n_eval, "eval_steps": eval_steps,
+    key = {"sft": cfg.key(), "n_train": n_train, "n_eval": n_eval, "eval_steps": eval_steps,
            "denscore": asdict(denscore_cfg) if denscore_cfg else "default",
            "unet": zoo.path("unet").parent.name, "t5_adapter": zoo.path("t5_adapter").parent.name}
     return cached_build(f"sft_{encoders}", key, build, zoo.cache_dir) / "lora"

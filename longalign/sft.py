@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_sft.ipynb #f44b098d
 from __future__ import annotations
+import hashlib, json, os
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
@@ -11,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TrainConfig, get_preset, image_from_bytes, run_record
+from .core import TrainConfig, get_preset, image_from_bytes, progress_bar, run_record
 from .encoding import LongPromptEncoder
 from .longsd import add_unet_lora, fit_with_evals, load_long_sd, save_long_sd
 
 # %% auto #0
-__all__ = ['ImageCaptions', 'image_caption_data', 'LongSD', 'SFTConfig', 'train_sft']
+__all__ = ['ImageCaptions', 'image_caption_data', 'LongSD', 'cache_sft_features', 'CachedSFTData', 'SFTConfig', 'train_sft']
 
 # %% ../nbs/04_sft.ipynb #9ce9cf16
 class ImageCaptions(torch.utils.data.Dataset):
@@ -28,6 +29,9 @@ class ImageCaptions(torch.utils.data.Dataset):
         self.data, self.resolution = data, resolution
 
     def __len__(self): return len(self.data)
+
+    @property
+    def captions(self) -> list: return list(self.data["caption"])
 
     def __getitem__(self, i):
         row = self.data[i]
@@ -72,6 +76,8 @@ class LongSD(nn.Module):
             self.t5, self.t5_adapter = encoder.t5.requires_grad_(False), encoder.t5_adapter.requires_grad_(True).float()
         self.encoder, self.caption_dropout = encoder, caption_dropout
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.empty_parts, self.channels_last = None, False   # the dropped caption's cached parts; the UNet's memory format
+        self.latent_format = None                            # cached latents: the memory format the VAE returns them in
 
     def condition(self, captions: list) -> torch.Tensor:
         "`prompt_embeds` of `captions` (= `encoder.encode(captions).prompt_embeds`), frozen parts cached if asked."
@@ -83,16 +89,119 @@ class LongSD(nn.Module):
         dev = self.unet.device
         return self.encoder.from_parts({k: torch.stack([self.cache[c][k] for c in captions]).to(dev) for k in self.cache[captions[0]]})
 
-    def forward(self, pixels: torch.Tensor, captions: list) -> torch.Tensor:
-        n = len(captions)
-        with torch.no_grad():
-            z = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist.sample() * self.vae.config.scaling_factor
-        drop = (torch.rand(n) < self.caption_dropout).tolist()
-        cond = self.condition(["" if d else c for d, c in zip(drop, captions)])
+    def forward(self, pixels=None, captions=None, latent_mean=None, latent_std=None, **parts) -> torch.Tensor:
+        """The denoising loss of a batch: of images (n, 3, H, W) in [0, 1] and their captions, or of their cached features
+        (`cache_sft_features`: the VAE's latent mean and std, the text encoders' frozen parts) — the same loss from the same
+        random state, without running the frozen VAE and text encoders."""
+        if latent_mean is None:
+            with torch.no_grad():
+                dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist
+            latent_mean, latent_std = dist.mean, dist.std
+        elif self.latent_format == "channels_last":   # the layout the VAE gave them: the noise below is drawn in layout order
+            latent_mean, latent_std = (x.contiguous(memory_format=torch.channels_last) for x in (latent_mean, latent_std))
+        n = len(latent_mean)
+        eps = torch.randn(latent_mean.shape, device=latent_mean.device, dtype=latent_mean.dtype)   # as latent_dist.sample() draws it
+        z = (latent_mean + latent_std * eps) * self.vae.config.scaling_factor
+        drop = torch.rand(n) < self.caption_dropout
+        cond = self.condition(["" if d else c for d, c in zip(drop.tolist(), captions)]) if not parts else self.from_cached(parts, drop)
         noise = torch.randn_like(z)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), device=z.device)
-        pred = self.unet(self.noise_scheduler.add_noise(z, noise, t), t, cond.to(self.unet.dtype)).sample
+        noisy = self.noise_scheduler.add_noise(z, noise, t)
+        if self.channels_last: noisy = noisy.contiguous(memory_format=torch.channels_last)
+        pred = self.unet(noisy, t, cond.to(self.unet.dtype)).sample
         return F.mse_loss(pred.float(), noise.float())
+
+    def use_cache(self, data: "CachedSFTData") -> "LongSD":
+        "Train on `data`'s cached features: the empty caption's parts (dropout) and the memory format of its latents."
+        self.empty_parts, self.latent_format = data.empty, data.record.get("latent_format")
+        return self
+
+    def from_cached(self, parts: dict, drop: torch.Tensor) -> torch.Tensor:
+        "`prompt_embeds` from cached frozen parts, the empty caption's parts where `drop` (caption dropout)."
+        if self.empty_parts is None: self.empty_parts = {k: v[0].cpu() for k, v in self.encoder.frozen_parts([""]).items()}
+        mask = lambda v: drop.to(v.device).view(-1, *[1] * (v.dim() - 1))
+        return self.encoder.from_parts({k: torch.where(mask(v), self.empty_parts[k].to(v), v) for k, v in parts.items()})
+
+
+# %% ../nbs/04_sft.ipynb #67bb8637
+def _rows_captions(data) -> list:
+    "The captions of an SFT dataset, without decoding its images where it can."
+    return list(data.captions) if hasattr(data, "captions") else [data[i]["caption"] for i in range(len(data))]
+
+def cache_sft_features(
+    data,                           # `ImageCaptions` (or anything giving {'pixels', 'caption'} rows)
+    folder,                         # where the features go (beside the data)
+    pipe, encoder: LongPromptEncoder,
+    batch_size: int = 32,           # images encoded at once
+    shard_size: int = 1024,         # rows per file
+    dtype: torch.dtype = torch.float32,   # what the features are stored in (bfloat16 halves the disk, at bf16 rounding)
+    progress: bool = True,
+) -> "CachedSFTData":
+    """Encode every image once with the frozen VAE (its latent distribution's mean and std) and every caption once with the
+    frozen text encoders (`encoder.frozen_parts`), in shards under `folder`: an SFT step on the result runs the UNet (and the
+    T5 adapter) only. Resumes shard by shard; a folder written for other data, encoders or VAE is refused."""
+    from safetensors.torch import load_file, save_file
+    folder = Path(folder)
+    captions = _rows_captions(data)
+    record = {"format": 1, "rows": len(captions), "shard_size": shard_size, "dtype": str(dtype).replace("torch.", ""),
+              "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+              "encoding": encoder.config(), "vae": {k: v for k, v in pipe.vae.config.items() if not k.startswith("_")}}
+    index = folder / "index.json"
+    if index.exists():
+        old, new = json.loads(index.read_text()), json.loads(json.dumps(record))
+        if "latent_format" in old: record["latent_format"] = old.pop("latent_format")   # found out by the first shard
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ValueError(f"{folder} holds SFT features of other {', '.join(diff)}: give another folder (or delete this one)")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "index.json.tmp"; tmp.write_text(json.dumps(record, indent=1)); os.replace(tmp, index)
+    if not (folder / "empty.safetensors").exists():          # the dropped caption's parts (caption dropout)
+        save_file({k: v[0].to(dtype).contiguous().cpu() for k, v in encoder.frozen_parts([""]).items()}, folder / "empty.tmp")
+        os.replace(folder / "empty.tmp", folder / "empty.safetensors")
+    shards = range(0, len(captions), shard_size)
+    for lo in progress_bar(list(shards), disable=not progress, desc="caching SFT features"):
+        path = folder / f"shard-{lo // shard_size:05d}.safetensors"
+        if path.exists(): continue
+        out = {}
+        for a in range(lo, min(lo + shard_size, len(captions)), batch_size):
+            rows = [data[i] for i in range(a, min(a + batch_size, lo + shard_size, len(captions)))]
+            with torch.no_grad():
+                pixels = torch.stack([r["pixels"] for r in rows]).to(pipe.vae.device, pipe.vae.dtype)
+                dist = pipe.vae.encode(pixels * 2 - 1).latent_dist
+                feats = {"latent_mean": dist.mean, "latent_std": dist.std, **encoder.frozen_parts([r["caption"] for r in rows])}
+            for k, v in feats.items(): out.setdefault(k, []).append(v.to(dtype).cpu())
+        m = out["latent_mean"][0]
+        fmt = "channels_last" if m.dim() == 4 and m.shape[1] > 1 and m.stride(1) == 1 else "contiguous"
+        if record.get("latent_format") != fmt:   # CPU convolutions may return channels-last latents: the step draws noise in that order
+            record["latent_format"] = fmt; tmp = folder / "index.json.tmp"; tmp.write_text(json.dumps(record, indent=1)); os.replace(tmp, index)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: torch.cat(v).contiguous() for k, v in out.items()}, tmp); os.replace(tmp, path)
+    return CachedSFTData(folder)
+
+class CachedSFTData(torch.utils.data.Dataset):
+    "The rows `cache_sft_features` wrote: per image its latent mean and std, per caption the frozen text parts (float32)."
+    def __init__(self, folder):
+        from safetensors.torch import load_file
+        self.folder = Path(folder)
+        if not (self.folder / "index.json").exists(): raise FileNotFoundError(f"{self.folder} holds no index.json: write it with cache_sft_features")
+        self.record = json.loads((self.folder / "index.json").read_text())
+        self.empty = {k: v.float() for k, v in load_file(self.folder / "empty.safetensors").items()}
+        self._shard, self._i = None, None
+
+    def __len__(self): return self.record["rows"]
+
+    def __getitem__(self, i):
+        from safetensors.torch import load_file
+        if not 0 <= i < len(self): raise IndexError(i)
+        s = i // self.record["shard_size"]
+        if self._i != s:
+            path = self.folder / f"shard-{s:05d}.safetensors"
+            if not path.exists(): raise FileNotFoundError(f"{path} is missing: run cache_sft_features again (it resumes)")
+            self._shard, self._i = load_file(path), s
+        j = i - s * self.record["shard_size"]
+        return {k: v[j].float() for k, v in self._shard.items()}
+
 
 # %% ../nbs/04_sft.ipynb #6653781c
 @dataclass(frozen=True)
@@ -114,6 +223,12 @@ class SFTConfig:
     mixed_precision: str = "no"
     checkpoint_every: int = 100
     seed: int = 0
+    channels_last: bool = False   # the UNet and its inputs in channels-last memory (bench/sft_speedups.py measures it)
+    fused_optimizer: bool = False # AdamW's fused kernel
+
+    def key(self) -> dict:
+        "The fields that define a run, those added later left out at their defaults (cached runs keep their keys)."
+        return {k: v for k, v in asdict(self).items() if not (k in ("channels_last", "fused_optimizer") and not v)}
 
     @classmethod
     def for_preset(cls, preset="toy", **kw) -> "SFTConfig":
@@ -128,7 +243,7 @@ class SFTConfig:
 
 def train_sft(
     output_dir,                         # checkpoints, metrics.csv and the final weights (`output_dir/lora`)
-    data,                               # `ImageCaptions` (or anything giving {'pixels', 'caption'} rows)
+    data,                               # `ImageCaptions` (or {'pixels', 'caption'} rows), or `CachedSFTData` (`cache_sft_features`)
     cfg: SFTConfig = SFTConfig(),
     preset="toy",
     zoo=None, overrides: dict | None = None,
@@ -142,13 +257,20 @@ def train_sft(
     if enc.encoders != cfg.encoders: raise ValueError(f"the encoder has encoders={enc.encoders!r}, cfg.encoders={cfg.encoders!r}")
     targets = add_unet_lora(pipe.unet, preset, cfg.rank, cfg.lora_dropout, cfg.seed)
     model = LongSD(pipe, enc, cfg.caption_dropout, cache_embeddings=cfg.cache_embeddings)
+    if isinstance(data, CachedSFTData):
+        if data.record["encoding"] != json.loads(json.dumps(enc.config())):
+            raise ValueError(f"{data.folder} holds features of another encoding than this run's ({cfg.encoders}): cache them again")
+        model.use_cache(data)
+    if cfg.channels_last: pipe.unet.to(memory_format=torch.channels_last); model.channels_last = True
     tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                      per_device_batch=cfg.per_device_batch, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
                      mixed_precision=cfg.mixed_precision, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                     progress=progress, cpu=cpu)
-    collate = lambda rows: {"pixels": torch.stack([r["pixels"] for r in rows]), "caption": [r["caption"] for r in rows]}
-    fit_with_evals(model, data, lambda m, b, ctx: m(b["pixels"].to(ctx.device), b["caption"]), tc, collate=collate,
-                   record=run_record(preset, overrides, sft=asdict(cfg), encoding=enc.config(), lora_modules=len(targets)),
+                     progress=progress, cpu=cpu, fused_optimizer=cfg.fused_optimizer)
+    stack = lambda rows, k: torch.stack([r[k] for r in rows]) if torch.is_tensor(rows[0][k]) else [r[k] for r in rows]
+    collate = lambda rows: {("captions" if k == "caption" else k): stack(rows, k) for k in rows[0]}
+    step = lambda m, b, ctx: m(**{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in b.items()})
+    fit_with_evals(model, data, step, tc, collate=collate,
+                   record=run_record(preset, overrides, sft=cfg.key(), encoding=enc.config(), lora_modules=len(targets)),
                    eval_steps=eval_steps, evaluate=None if evaluate is None else lambda: evaluate(pipe, enc))
     return save_long_sd(Path(output_dir) / "lora", pipe.unet, enc)
 
