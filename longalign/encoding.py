@@ -622,7 +622,7 @@ def encoder_from_preset(
     if "t5" in encoders:
         if toy:
             args.update(t5=zoo.load("t5"), t5_tokenizer=zoo.load("t5_tokenizer"), t5_adapter=zoo.load("t5_adapter"),
-                        t5_length=zoo.cfg.t5_max_length)
+                        t5_length=zoo.t5_length)
         else:
             from transformers import AutoTokenizer, T5EncoderModel
             from longalign.core import TextAdapter

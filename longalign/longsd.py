@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import (TextAdapter, TrainConfig, fit, get_preset, list_checkpoints, process_state, quiet_loading, clip_tokenizer,
+from .core import (MODEL_SOURCES, TextAdapter, TrainConfig, fit, get_preset, list_checkpoints, process_state, quiet_loading, clip_tokenizer,
                             sd_pipeline, sample, train_t5_tokenizer, world_models)
 from .encoding import LongPromptEncoder, encoder_from_preset, load_pipeline
 
@@ -94,7 +94,7 @@ def load_long_sd(
         enc = LongPromptEncoder(pipe.tokenizer, pipe.text_encoder, p.target_length, p.policy, p.pad_star, p.splitter, encoders,
                                 **extra, t5_length=p.target_length)
     else:
-        if p.ref("unet").kind == "toy": zoo = world_models(p, zoo)
+        if p.ref("unet").kind in MODEL_SOURCES: zoo = world_models(p, zoo)
         pipe = load_pipeline(p, zoo=zoo)
         enc = encoder_from_preset(p, encoders, zoo=zoo, pipe=pipe)
     if lora is not None: load_long_sd_weights(pipe, enc, lora, fuse=fuse)

@@ -441,7 +441,7 @@ def run_preference(
     p = get_preset(preset, overrides)
     if p.ref(base_role).kind in ("toy", "arch"):
         raise ValueError(f"preset {p.name!r} has no {base_role} weights to fine-tune: the toy world trains with "
-                         f"toy_preference_model; for real weights use preset='sd15' (overrides={{{base_role!r}: '/local/folder'}})")
+                         f"experiments.toy_preference_model; for real weights use preset='sd15' (overrides={{{base_role!r}: '/local/folder'}})")
     if loss not in LOSSES: raise ValueError(f"loss={loss!r}: choose one of {LOSSES}")
     if pairs is None: raise ValueError("pairs is needed: Pick-a-Pic-schema pairs with a long_caption column (a local copy or a hub id)")
     table = preference_table(pairs, split)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TrainConfig, clip_tokenizer, get_preset, load_role, parse_overrides, quiet_loading, read_prompts, run_record
+from .core import MODEL_SOURCES, TrainConfig, clip_tokenizer, get_preset, load_role, parse_overrides, quiet_loading, read_prompts, run_record
 from .encoding import LongPromptEncoder
 from .decomposition import batch_common_direction, common_direction, decompose
 from .preference import PreferenceModel, open_clip_preference
@@ -301,7 +301,7 @@ def load_reward_model(preset="toy", role: str = "denscore", path=None, zoo=None,
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
     p = get_preset(preset, {**(parse_overrides(overrides) or {}), **({role: str(path)} if path else {})})
     kind = p.ref(role).kind
-    if kind == "toy": return load_role(p, role, models=zoo)
+    if kind in MODEL_SOURCES: return load_role(p, role, models=zoo)   # a built world's (the toy world: experiments.ToyWorld)
     if kind == "arch":
         torch.manual_seed(0)
         cfg = CLIPConfig(text_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),

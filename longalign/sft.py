@@ -17,7 +17,8 @@ from .encoding import LongPromptEncoder
 from .longsd import add_unet_lora, fit_with_evals, load_long_sd, save_long_sd
 
 # %% auto #0
-__all__ = ['ImageCaptions', 'image_caption_data', 'LongSD', 'cache_sft_features', 'CachedSFTData', 'SFTConfig', 'train_sft']
+__all__ = ['ImageCaptions', 'image_caption_data', 'LongSD', 'feature_models', 'cache_sft_features', 'CachedSFTData', 'SFTConfig',
+           'train_sft']
 
 # %% ../nbs/04_sft.ipynb #9ce9cf16
 class ImageCaptions(torch.utils.data.Dataset):
@@ -128,6 +129,21 @@ def _rows_captions(data) -> list:
     "The captions of an SFT dataset, without decoding its images where it can."
     return list(data.captions) if hasattr(data, "captions") else [data[i]["caption"] for i in range(len(data))]
 
+def _fingerprint(tensors) -> str:
+    "A short SHA-256 of some tensors' values: which weights (or images) made a cache."
+    h = hashlib.sha256()
+    for t in tensors: h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+def feature_models(pipe, encoder: LongPromptEncoder) -> dict:
+    "Fingerprints of the frozen models whose outputs `cache_sft_features` stores (first and last weights of each)."
+    mods = {"vae": pipe.vae, "text_encoder": encoder.text_encoder, "t5": encoder.t5}
+    return {k: _fingerprint([next(iter(m.parameters())), list(m.parameters())[-1]]) for k, m in mods.items() if m is not None}
+
+def _write(path: Path, write):
+    "Write a file through a temporary name of this process, then rename it into place."
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp"); write(tmp); os.replace(tmp, path)
+
 def cache_sft_features(
     data,                           # `ImageCaptions` (or anything giving {'pixels', 'caption'} rows)
     folder,                         # where the features go (beside the data)
@@ -139,28 +155,31 @@ def cache_sft_features(
 ) -> "CachedSFTData":
     """Encode every image once with the frozen VAE (its latent distribution's mean and std) and every caption once with the
     frozen text encoders (`encoder.frozen_parts`), in shards under `folder`: an SFT step on the result runs the UNet (and the
-    T5 adapter) only. Resumes shard by shard; a folder written for other data, encoders or VAE is refused."""
-    from safetensors.torch import load_file, save_file
+    T5 adapter) only. Resumes shard by shard; a folder written for other data, encoders or models is refused."""
+    from safetensors.torch import save_file
     folder = Path(folder)
     captions = _rows_captions(data)
+    if not captions: raise ValueError("the data is empty: give at least one image/caption pair")
+    ends = [data[0]["pixels"], data[len(captions) - 1]["pixels"]]
     record = {"format": 1, "rows": len(captions), "shard_size": shard_size, "dtype": str(dtype).replace("torch.", ""),
-              "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
-              "encoding": encoder.config(), "vae": {k: v for k, v in pipe.vae.config.items() if not k.startswith("_")}}
+              "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest(), "images": _fingerprint(ends),
+              "resolution": list(ends[0].shape[-2:]), "encoding": encoder.config(), "models": feature_models(pipe, encoder),
+              "vae": {k: v for k, v in pipe.vae.config.items() if not k.startswith("_")}}
+    new = json.loads(json.dumps(record))
     index = folder / "index.json"
     if index.exists():
-        old, new = json.loads(index.read_text()), json.loads(json.dumps(record))
+        old = json.loads(index.read_text())
         if "latent_format" in old: record["latent_format"] = old.pop("latent_format")   # found out by the first shard
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ValueError(f"{folder} holds SFT features of other {', '.join(diff)}: give another folder (or delete this one)")
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "index.json.tmp"; tmp.write_text(json.dumps(record, indent=1)); os.replace(tmp, index)
+        _write(index, lambda p: p.write_text(json.dumps(record, indent=1)))
     if not (folder / "empty.safetensors").exists():          # the dropped caption's parts (caption dropout)
-        save_file({k: v[0].to(dtype).contiguous().cpu() for k, v in encoder.frozen_parts([""]).items()}, folder / "empty.tmp")
-        os.replace(folder / "empty.tmp", folder / "empty.safetensors")
-    shards = range(0, len(captions), shard_size)
-    for lo in progress_bar(list(shards), disable=not progress, desc="caching SFT features"):
+        parts = {k: v[0].to(dtype).contiguous().cpu() for k, v in encoder.frozen_parts([""]).items()}
+        _write(folder / "empty.safetensors", lambda p: save_file(parts, p))
+    for lo in progress_bar(list(range(0, len(captions), shard_size)), disable=not progress, desc="caching SFT features"):
         path = folder / f"shard-{lo // shard_size:05d}.safetensors"
         if path.exists(): continue
         out = {}
@@ -171,12 +190,14 @@ def cache_sft_features(
                 dist = pipe.vae.encode(pixels * 2 - 1).latent_dist
                 feats = {"latent_mean": dist.mean, "latent_std": dist.std, **encoder.frozen_parts([r["caption"] for r in rows])}
             for k, v in feats.items(): out.setdefault(k, []).append(v.to(dtype).cpu())
-        m = out["latent_mean"][0]
+        m = out["latent_mean"][0]    # CPU convolutions may return channels-last latents: the step draws its noise in that order
         fmt = "channels_last" if m.dim() == 4 and m.shape[1] > 1 and m.stride(1) == 1 else "contiguous"
-        if record.get("latent_format") != fmt:   # CPU convolutions may return channels-last latents: the step draws noise in that order
-            record["latent_format"] = fmt; tmp = folder / "index.json.tmp"; tmp.write_text(json.dumps(record, indent=1)); os.replace(tmp, index)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: torch.cat(v).contiguous() for k, v in out.items()}, tmp); os.replace(tmp, path)
+        if record.get("latent_format", fmt) != fmt:
+            raise ValueError(f"{folder}: its shards were written with {record['latent_format']} latents and this VAE gives {fmt} "
+                             f"ones (another device or backend): finish the cache where it was started, or give another folder")
+        if "latent_format" not in record:
+            record["latent_format"] = fmt; _write(index, lambda p: p.write_text(json.dumps(record, indent=1)))
+        _write(path, lambda p: save_file({k: torch.cat(v).contiguous() for k, v in out.items()}, p))
     return CachedSFTData(folder)
 
 class CachedSFTData(torch.utils.data.Dataset):
@@ -187,20 +208,22 @@ class CachedSFTData(torch.utils.data.Dataset):
         if not (self.folder / "index.json").exists(): raise FileNotFoundError(f"{self.folder} holds no index.json: write it with cache_sft_features")
         self.record = json.loads((self.folder / "index.json").read_text())
         self.empty = {k: v.float() for k, v in load_file(self.folder / "empty.safetensors").items()}
-        self._shard, self._i = None, None
+        self._open = {}                  # shard -> safe_open handle: one row is read at a time, whatever the order
 
     def __len__(self): return self.record["rows"]
 
+    def __getstate__(self): return {**self.__dict__, "_open": {}}   # handles stay in the process that opened them
+
     def __getitem__(self, i):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
         if not 0 <= i < len(self): raise IndexError(i)
-        s = i // self.record["shard_size"]
-        if self._i != s:
+        s, j = divmod(i, self.record["shard_size"])
+        if s not in self._open:
             path = self.folder / f"shard-{s:05d}.safetensors"
             if not path.exists(): raise FileNotFoundError(f"{path} is missing: run cache_sft_features again (it resumes)")
-            self._shard, self._i = load_file(path), s
-        j = i - s * self.record["shard_size"]
-        return {k: v[j].float() for k, v in self._shard.items()}
+            self._open[s] = safe_open(str(path), framework="pt")
+        f = self._open[s]
+        return {k: f.get_slice(k)[j].float() for k in f.keys()}
 
 
 # %% ../nbs/04_sft.ipynb #6653781c
@@ -258,8 +281,9 @@ def train_sft(
     targets = add_unet_lora(pipe.unet, preset, cfg.rank, cfg.lora_dropout, cfg.seed)
     model = LongSD(pipe, enc, cfg.caption_dropout, cache_embeddings=cfg.cache_embeddings)
     if isinstance(data, CachedSFTData):
-        if data.record["encoding"] != json.loads(json.dumps(enc.config())):
-            raise ValueError(f"{data.folder} holds features of another encoding than this run's ({cfg.encoders}): cache them again")
+        if data.record["encoding"] != json.loads(json.dumps(enc.config())) or data.record["models"] != feature_models(pipe, enc):
+            raise ValueError(f"{data.folder} holds features made by other models or another encoding than this run's "
+                             f"({cfg.encoders}): cache them again with cache_sft_features")
         model.use_cache(data)
     if cfg.channels_last: pipe.unet.to(memory_format=torch.channels_last); model.channels_last = True
     tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
@@ -267,7 +291,8 @@ def train_sft(
                      mixed_precision=cfg.mixed_precision, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                      progress=progress, cpu=cpu, fused_optimizer=cfg.fused_optimizer)
     stack = lambda rows, k: torch.stack([r[k] for r in rows]) if torch.is_tensor(rows[0][k]) else [r[k] for r in rows]
-    collate = lambda rows: {("captions" if k == "caption" else k): stack(rows, k) for k in rows[0]}
+    known = {"pixels", "caption", "latent_mean", "latent_std", "clip", "t5"}    # what LongSD reads; other columns stay out
+    collate = lambda rows: {("captions" if k == "caption" else k): stack(rows, k) for k in rows[0] if k in known}
     step = lambda m, b, ctx: m(**{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in b.items()})
     fit_with_evals(model, data, step, tc, collate=collate,
                    record=run_record(preset, overrides, sft=cfg.key(), encoding=enc.config(), lora_modules=len(targets)),

@@ -1099,6 +1099,9 @@ class Zoo:
         return sd_pipeline(*(self.load(r) for r in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")))
 
     @property
+    def t5_length(self) -> int: return self.cfg.t5_max_length   # the T5 sequence length the adapter was trained at
+
+    @property
     def oracle(self) -> Oracle: return train_oracle(self.cfg.oracle, self.cache_dir, progress=False)
 
     def metrics(self) -> dict:

@@ -17,7 +17,10 @@ def imports(module: str) -> list:
         for child in ast.iter_child_nodes(node):
             fn = in_fn or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.ImportFrom):
-                name = ("longalign." if child.level else "") + (child.module or "")
+                if child.module in (None, "longalign"):      # from . import x / from longalign import x
+                    if child.level or child.module: out.extend((a.name, child.lineno, in_fn) for a in child.names)
+                    continue
+                name = ("longalign." if child.level else "") + child.module
                 if name.startswith("longalign."): out.append((name.split(".")[1], child.lineno, in_fn))
             elif isinstance(child, ast.Import):
                 out.extend((a.name.split(".")[1], child.lineno, in_fn) for a in child.names if a.name.startswith("longalign."))
@@ -39,4 +42,13 @@ def test_modules_import_only_modules_below_them():
 def test_method_modules_never_import_the_toy_world():
     for m in METHOD:
         assert not [d for d, _, _ in imports(m) if d in ("toyworld", "experiments")], m
-        assert "toyworld" not in (PKG / f"{m}.py").read_text(), f"{m}.py mentions toyworld"
+        text = (PKG / f"{m}.py").read_text()
+        assert "toyworld" not in text and "import experiments" not in text and "longalign.experiments" not in text, m
+
+
+def test_the_check_sees_every_import_form(tmp_path, monkeypatch):
+    "The layering check cannot pass by missing an import written another way."
+    src = "from longalign import experiments\nfrom . import toyworld\ndef f():\n    from .rft import x\n    import longalign.sft\n"
+    (tmp_path / "probe.py").write_text(src)
+    monkeypatch.setattr(__import__(__name__), "PKG", tmp_path)
+    assert sorted(imports("probe")) == [("experiments", 1, False), ("rft", 4, True), ("sft", 5, True), ("toyworld", 2, False)]
