@@ -67,13 +67,19 @@ def main():
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sft_speedups"))
     a = ap.parse_args()
+    if "base" not in a.variants.split(","): ap.error("--variants must include base: every speed-up is measured against it")
     best, ctx = {}, mp.get_context("spawn")
     for _ in range(a.rounds):                # interleaved rounds: a slow spell of a shared machine hits every variant alike
         for encoders in a.encoders.split(","):
             for variant in a.variants.split(","):
                 q = ctx.Queue()
                 p = ctx.Process(target=one, args=(variant, a.preset, encoders, a.batch, a.steps, a.device, q))
-                p.start(); row = q.get(); p.join()
+                p.start()
+                while True:                  # a child that dies (out of memory, a bug) stops the run instead of hanging it
+                    try: row = q.get(timeout=5); break
+                    except Exception:
+                        if not p.is_alive(): raise SystemExit(f"{encoders} {variant}: the process died (exit code {p.exitcode})")
+                p.join()
                 print(row, flush=True)
                 key = (encoders, variant)
                 if key not in best or row["seconds_per_step"] < best[key]["seconds_per_step"]: best[key] = row
