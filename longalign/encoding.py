@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import MODEL_SOURCES, clip_tokenizer, get_preset, load_role, world_models
+from .core import MODEL_SOURCES, TextAdapter, clip_tokenizer, get_preset, load_role, world_models
 
 # %% auto #0
 __all__ = ['ABBREVIATIONS', 'SOT', 'CONTENT', 'EOT', 'PAD', 'PAD_STAR', 'T5_TOKEN', 'TOKEN_TYPES', 'POLICIES', 'LAYERS',
@@ -625,7 +625,6 @@ def encoder_from_preset(
                         t5_length=zoo.t5_length)
         else:
             from transformers import AutoTokenizer, T5EncoderModel
-            from longalign.core import TextAdapter
             args.update(t5=load_role(p, "t5", T5EncoderModel), t5_tokenizer=load_role(p, "t5_tokenizer", AutoTokenizer),
                         t5_adapter=load_role(p, "t5_adapter", TextAdapter))
     return LongPromptEncoder(tok, te, **{**args, **kwargs})
