@@ -17,20 +17,19 @@ from torch import nn
 from .core import TextAdapter, TrainConfig, fit, progress_note, retrieval_recall
 from .core import (CLIP_MEAN, CLIP_STD, cache_root, clip_tokenizer, clip_tokenizer_files, feature_tensor, image_from_bytes,
                             image_to_png, quiet_loading, sample, sd_pipeline, train_t5_tokenizer)   # the toy world's building blocks
-toy_pipeline = sd_pipeline   # its name here before it moved to core
 
 # %% auto #0
-__all__ = ['toy_pipeline', 'SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CACHE_FORMAT', 'ATTR_VALUES',
-           'ToyObject', 'Scene', 'WorldConfig', 'random_scene', 'scenes', 'optimal_background', 'background', 'render',
-           'background_distance', 'Fact', 'Caption', 'long_caption', 'short_caption', 'token_lengths',
-           'facts_after_cut', 'config_hash', 'CacheError', 'entry_path', 'cached_build', 'entry_metrics',
-           'ShippedEntryWarning', 'shipped_root', 'verify_entry', 'ship_entry', 'verify_shipped', 'CellReader',
-           'to_cells', 'cell_labels', 'degrade', 'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy',
-           'train_oracle', 'scene_to_json', 'scene_from_json', 'caption_to_json', 'caption_from_json',
-           'long_caption_dataset', 'PreferenceConfig', 'break_facts', 'facts_shown', 'preference_dataset',
-           'clip_pixels', 'fact_token_labels', 'caption_before_cut', 'ZooConfig', 'vae_round_trip', 'hits_by_cut',
-           'pooled_rate', 'caption_bootstrap', 'paired_bootstrap', 'alignment_by_cut', 'chance_by_cut',
-           'caption_gain_by_noise', 't5_states', 'Zoo', 'build_zoo', 'toy_image_features', 'zoo_cli']
+__all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CACHE_FORMAT', 'ATTR_VALUES', 'ToyObject', 'Scene',
+           'WorldConfig', 'random_scene', 'scenes', 'optimal_background', 'background', 'render', 'background_distance',
+           'Fact', 'Caption', 'long_caption', 'short_caption', 'token_lengths', 'facts_after_cut', 'config_hash',
+           'CacheError', 'entry_path', 'cached_build', 'entry_metrics', 'ShippedEntryWarning', 'shipped_root',
+           'verify_entry', 'ship_entry', 'verify_shipped', 'CellReader', 'to_cells', 'cell_labels', 'degrade',
+           'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy', 'train_oracle', 'scene_to_json',
+           'scene_from_json', 'caption_to_json', 'caption_from_json', 'long_caption_dataset', 'PreferenceConfig',
+           'break_facts', 'facts_shown', 'preference_dataset', 'clip_pixels', 'fact_token_labels', 'caption_before_cut',
+           'ZooConfig', 'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'paired_bootstrap',
+           'alignment_by_cut', 'chance_by_cut', 'caption_gain_by_noise', 'toy_pipeline', 't5_states', 'Zoo',
+           'build_zoo', 'toy_image_features', 'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -1017,6 +1016,10 @@ def _build_unet(cfg: ZooConfig, cache_dir, progress) -> Path:
                 **{f"caption_gain_t{lo}-{lo + 199}": g for lo, g in gain.items()},
                 "background_distance": float(background_distance(imgs).mean()), "held_out": len(ev)}
     return cached_build("unet", _unet_key(cfg), build, cache_dir)
+
+def toy_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    "The toy world's name for `core.sd_pipeline` (where it lives now): a `StableDiffusionPipeline` from the given parts."
+    return sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
 
 
 # %% ../nbs/00a_toyworld.ipynb #bd8493b4
