@@ -59,7 +59,7 @@ def one(mode, N, a, q):
         loss.backward()
         model.unet.zero_grad(set_to_none=True)
 
-    model.embeds(caps); model._uncond = model.embeds([""])  # fill the encoder's caches before the baseline
+    model.embeds(caps); model.negative()                     # fill the encoder's caches before the baseline
     sync()
     base_rss, load_peak = rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     base_cuda = torch.cuda.memory_allocated() / 2**20 if cuda else 0
@@ -74,7 +74,7 @@ def one(mode, N, a, q):
     # unit costs of one guided UNet call at this batch: without gradient (t_f), and forward + backward (t_fb)
     c = model.unet.config
     x = torch.randn(a.batch, c.in_channels, c.sample_size, c.sample_size, device=a.device)
-    cond, uncond = model.embeds(caps), model._uncond.expand(a.batch, -1, -1)
+    cond, uncond = model.embeds(caps), model.negative()[0].expand(a.batch, -1, -1)
     t = model.scheduler.timesteps[0]
     def unit(grad):
         t0 = time.perf_counter()

@@ -25,15 +25,15 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 if os.environ.get("IN_TEST") and "OMP_NUM_THREADS" not in os.environ: torch.set_num_threads(1)
 
 # %% auto #0
-__all__ = ['ROLES', 'PRESETS', 'MODEL_SOURCES', 'CLIP_MEAN', 'CLIP_STD', 'checkpoint_hooks', 'ModelRef', 'Preset',
-           'parse_overrides', 'get_preset', 'ModelUnavailableError', 'hub_offline', 'hub_reachable', 'world_models',
-           'load_role', 'default_device', 'default_dtype', 'default_mixed_precision', 'package_versions', 'run_record',
-           'TextAdapter', 'cache_root', 'clip_tokenizer_files', 'clip_tokenizer', 'train_t5_tokenizer', 'image_to_png',
-           'image_from_bytes', 'feature_tensor', 'quiet_loading', 'sd_pipeline', 'sample', 'FeatureStats',
-           'frechet_distance', 'fid_from_features', 'mean_pairwise_distance', 'retrieval_recall', 'TrainConfig',
-           'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult', 'trainable_state_dict',
-           'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note', 'fit', 'read_prompts',
-           'process_state', 'free_port', 'launch']
+__all__ = ['DIFFUSION_ROLES', 'ROLES', 'PRESETS', 'MODEL_SOURCES', 'CLIP_MEAN', 'CLIP_STD', 'checkpoint_hooks', 'ModelRef',
+           'Preset', 'parse_overrides', 'get_preset', 'ModelUnavailableError', 'hub_offline', 'hub_reachable',
+           'world_models', 'load_role', 'default_device', 'default_dtype', 'default_mixed_precision',
+           'package_versions', 'run_record', 'TextAdapter', 'cache_root', 'clip_tokenizer_files', 'clip_tokenizer',
+           'train_t5_tokenizer', 'image_to_png', 'image_from_bytes', 'feature_tensor', 'quiet_loading', 'sd_pipeline',
+           'sample', 'FeatureStats', 'frechet_distance', 'fid_from_features', 'mean_pairwise_distance',
+           'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult',
+           'trainable_state_dict', 'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note', 'fit',
+           'read_prompts', 'process_state', 'free_port', 'launch']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -56,7 +56,11 @@ class ModelRef:
 
 # %% ../nbs/00_core.ipynb #307974bf
 #: The roles every preset names. Stages ask for a role, never for an id.
-ROLES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler",      # the diffusion model
+#: Every preset names the diffusion model's roles; the others it names where its world has them (SDXL: a second text
+#: tower and no LaVi-Bridge adapter).
+DIFFUSION_ROLES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+ROLES = DIFFUSION_ROLES + (
+         "text_encoder_2", "tokenizer_2",                              # SDXL's second text tower (OpenCLIP bigG)
          "t5", "t5_tokenizer", "t5_adapter",                           # the long-text encoder (LaVi-Bridge)
          "denscore", "pickscore", "hpsv2", "clip_h",                   # preference / reward models
          "reward_processor")                                           # image processor shared by the CLIP-H rewards
@@ -77,6 +81,11 @@ class Preset:
     lora_format: str = "diffusers"     # pytorch_lora_weights.safetensors, loadable by pipe.load_lora_weights
     note: str = ""
 
+    @property
+    def sdxl(self) -> bool:
+        "Whether the preset is an SDXL world (two text towers, pooled and size conditioning)."
+        return "text_encoder_2" in self.models
+
     def ref(self, role: str) -> ModelRef:
         "The `ModelRef` for `role`."
         if role not in self.models:
@@ -93,11 +102,12 @@ class Preset:
 # %% ../nbs/00_core.ipynb #183c8a35
 _SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 _CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 PRESETS = {
     "toy": Preset(
         "toy",
-        models={r: ModelRef(f"toy:{r}") for r in ROLES},
+        models={r: ModelRef(f"toy:{r}") for r in ROLES if r not in ("text_encoder_2", "tokenizer_2")},
         resolution=32, target_length=240, splitter="robust", pad_star="official",
         policy="paper", note="The embedded toy world (longalign.toyworld), trained by this project on a CPU."),
     "sd15": Preset(
@@ -122,6 +132,28 @@ PRESETS = {
                     clip_h=ModelRef("arch:clip-h"), reward_processor=ModelRef("arch:clip-processor")),
         resolution=32, target_length=240, splitter="compat", pad_star="official", policy="paper",
         note="SD-1.5's architectures (768/1024 dims, real LoRA targets) with random weights at 32 px: a CPU smoke test."),
+    "sdxl": Preset(
+        "sdxl",
+        models=dict(
+            unet=ModelRef(_SDXL, "unet"), vae=ModelRef(_SDXL, "vae"), text_encoder=ModelRef(_SDXL, "text_encoder"),
+            tokenizer=ModelRef(_SDXL, "tokenizer"), scheduler=ModelRef(_SDXL, "scheduler"),
+            text_encoder_2=ModelRef(_SDXL, "text_encoder_2"), tokenizer_2=ModelRef(_SDXL, "tokenizer_2"),
+            denscore=ModelRef("luping-liu/Denscore"), pickscore=ModelRef("yuvalkirstain/PickScore_v1"),
+            hpsv2=ModelRef("xswu/HPSv2", filename="HPS_v2_compressed.pt"), clip_h=ModelRef(_CLIP_H),
+            reward_processor=ModelRef(_CLIP_H)),
+        resolution=1024, target_length=240, splitter="compat", pad_star="official", policy="paper",
+        note="longSDXL (paper App. C.4, Table 7): SDXL base at 1024 px, its two CLIP towers segment-encoded (clip-cat); no T5."),
+    "sdxl-arch": Preset(
+        "sdxl-arch",
+        models=dict(unet=ModelRef("arch:sdxl-unet"), vae=ModelRef("arch:sdxl-vae"),
+                    text_encoder=ModelRef("arch:clip-l-text"), tokenizer=ModelRef("arch:clip-tokenizer"),
+                    scheduler=ModelRef("arch:sdxl-scheduler"), text_encoder_2=ModelRef("arch:clip-bigg-text"),
+                    tokenizer_2=ModelRef("arch:clip-tokenizer-2"),
+                    denscore=ModelRef("arch:clip-h"), pickscore=ModelRef("arch:clip-h"), hpsv2=ModelRef("arch:clip-h"),
+                    clip_h=ModelRef("arch:clip-h"), reward_processor=ModelRef("arch:clip-processor")),
+        resolution=32, target_length=240, splitter="compat", pad_star="official", policy="paper",
+        note="SDXL's dimensions (2048-d cross-attention from 768 + 1280 towers, pooled and size add-embeds) with fewer "
+             "blocks and random weights at 32 px: a CPU smoke test."),
 }
 
 # %% ../nbs/00_core.ipynb #972efac4
@@ -392,16 +424,22 @@ def quiet_loading():
         tlog.set_verbosity(levels[0]); dlog.set_verbosity(levels[1])
         if bar: tlog.enable_progress_bar()
 
-def sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
-    "A diffusers `StableDiffusionPipeline` from the given parts (no safety checker), progress bar off."
-    from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+def sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler, text_encoder_2=None, tokenizer_2=None):
+    """A diffusers `StableDiffusionPipeline` from the given parts (no safety checker), progress bar off; with a second text
+    tower, a `StableDiffusionXLPipeline` (no watermark; the empty negative prompt zeroed, as SDXL base)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    if (text_encoder_2 is None) != (tokenizer_2 is None): raise ValueError("give both text_encoder_2 and tokenizer_2 (SDXL), or neither")
+    if text_encoder_2 is not None:
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                                         tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 def sample(
-    pipe,                       # a `StableDiffusionPipeline`
+    pipe,                       # a `StableDiffusionPipeline` (or SDXL's)
     prompts: list = None,       # texts (the pipeline's tokenizer truncates them at 77 tokens); or give `prompt_embeds`
     steps: int = 20,            # sampler steps
     guidance: float = 5.0,      # classifier-free guidance scale

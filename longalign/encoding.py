@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import MODEL_SOURCES, TextAdapter, clip_tokenizer, get_preset, load_role, world_models
+from .core import MODEL_SOURCES, TextAdapter, clip_tokenizer, get_preset, load_role, sd_pipeline, world_models
 
 # %% auto #0
 __all__ = ['ABBREVIATIONS', 'SOT', 'CONTENT', 'EOT', 'PAD', 'PAD_STAR', 'T5_TOKEN', 'TOKEN_TYPES', 'POLICIES', 'LAYERS',
@@ -477,14 +477,18 @@ class LongPromptEncoder:
             return self.t5_adapter(t5_hidden.to(params[0].dtype))
 
     def frozen_parts(self, prompts: list[str]) -> dict:
-        """What SFT may cache per prompt: `clip` (segment CLIP embeddings) and `t5` (T5 hidden states, before the adapter,
-        which trains). `from_parts` turns them into the `prompt_embeds` of `encode`."""
+        """What SFT may cache per prompt: `clip` (segment CLIP embeddings), `t5` (T5 hidden states, before the adapter,
+        which trains) and, with two towers (SDXL), `pooled` (the `pooled_prompt_embeds` of `encode`). `from_parts` turns them
+        into the `prompt_embeds` of `encode`."""
         prompts, out = _prompt_list(prompts, "prompts"), {}
         with torch.no_grad():
             if self.encoders != "t5-mlp":
                 plans = [self._plan(t) for t in prompts]
                 self._check_fit(plans, [f"prompts[{i}]" for i in range(len(prompts))])
-                out["clip"] = self._clip(prompts, plans)[0]
+                clip = self._clip(prompts, plans)
+                out["clip"] = clip[0]
+                if len(self.towers) > 1:
+                    out["pooled"] = torch.stack(clip[-1]) if self.pooled == "mean" else self._pooled_truncated(prompts)
             if "t5" in self.encoders:
                 enc = self.t5_tokenizer(prompts, max_length=self.t5_length, padding="max_length", truncation=True, return_tensors="pt")
                 dev = self.t5.device
@@ -493,7 +497,7 @@ class LongPromptEncoder:
         return out
 
     def from_parts(self, parts: dict) -> torch.Tensor:
-        "`prompt_embeds` from `frozen_parts` (the adapter applied with gradients)."
+        "`prompt_embeds` from `frozen_parts` (the adapter applied with gradients; `pooled` is passed on as it is, by the caller)."
         embs = ([parts["clip"]] if "clip" in parts else []) + ([self.adapt(parts["t5"])] if "t5" in parts else [])
         return torch.cat([e.to(embs[0].dtype) for e in embs], 1)
 
@@ -589,17 +593,19 @@ def load_pipeline(
     zoo=None,                   # a preset this project builds (toy): its models (default: `core.world_models(preset)`)
     **kwargs,                   # `from_pretrained` keyword arguments (e.g. torch_dtype)
 ):
-    "A diffusers `StableDiffusionPipeline` from the preset's unet, vae, text_encoder, tokenizer and scheduler."
+    """A diffusers `StableDiffusionPipeline` from the preset's unet, vae, text_encoder, tokenizer and scheduler (UniPC, the
+    paper's sampler) — a `StableDiffusionXLPipeline` for an SDXL preset, with text_encoder_2 and tokenizer_2."""
     p = get_preset(preset, overrides)
     if p.ref("unet").kind in MODEL_SOURCES: return world_models(p, zoo).pipeline()   # the toy world assembles its own
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
-    parts = {r: load_role(p, r, cls, **(kwargs if r in ("unet", "vae", "text_encoder") else {}))
-             for r, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel),
-                            ("tokenizer", CLIPTokenizer), ("scheduler", UniPCMultistepScheduler))}   # the paper samples with UniPC
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    if p.ref("unet").kind == "arch":
+        raise ValueError(f"preset {p.name!r} has random-weight architectures: build its pipeline with longsd.load_long_sd")
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    roles = [("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel), ("tokenizer", CLIPTokenizer),
+             ("scheduler", UniPCMultistepScheduler)]
+    if p.sdxl: roles += [("text_encoder_2", CLIPTextModelWithProjection), ("tokenizer_2", CLIPTokenizer)]
+    parts = {r: load_role(p, r, cls, **(kwargs if r in ("unet", "vae", "text_encoder", "text_encoder_2") else {})) for r, cls in roles}
+    return sd_pipeline(**parts)
 
 def encoder_from_preset(
     preset="toy",               # preset name or `core.Preset`
@@ -617,9 +623,15 @@ def encoder_from_preset(
     if pipe is not None: args.update(_second_tower(pipe)); tok, te = pipe.tokenizer, pipe.text_encoder   # SDXL: both towers
     elif toy: tok, te = zoo.load("tokenizer"), zoo.load("text_encoder")
     else:
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
         tok, te = load_role(p, "tokenizer", CLIPTokenizer), load_role(p, "text_encoder", CLIPTextModel)
-    if "t5" in encoders:
+        if p.sdxl:      # SDXL base zeroes the empty negative (its force_zeros_for_empty_prompt)
+            args.update(tokenizer_2=load_role(p, "tokenizer_2", CLIPTokenizer), zero_negative=True,
+                        text_encoder_2=load_role(p, "text_encoder_2", CLIPTextModelWithProjection))
+    if p.sdxl and encoders != "clip-cat":
+        raise ValueError(f"preset {p.name!r} is SDXL: its long prompts are segment-encoded by its two CLIP towers "
+                         f"(encoders='clip-cat'); LaVi-Bridge's T5 adapter ({encoders!r}) is for SD-1.5")
+    if "t5" in encoders and "t5" not in kwargs:
         if toy:
             args.update(t5=zoo.load("t5"), t5_tokenizer=zoo.load("t5_tokenizer"), t5_adapter=zoo.load("t5_adapter"),
                         t5_length=zoo.t5_length)

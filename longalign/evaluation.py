@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (MODEL_SOURCES, FeatureStats, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
+from .core import (MODEL_SOURCES, PRESETS, FeatureStats, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
                             read_prompts, sample, world_models)
 from .toyworld import COLOURS, POSITIONS, SIZES, Caption, Fact, config_hash, toy_image_features   # the toy stand-ins for VQAScore and the judge
 from .encoding import load_pipeline, split_segments
@@ -531,8 +531,9 @@ def sample_cli(argv=None):
     ap = argparse.ArgumentParser(prog="longalign-sample", description="Sample long prompts with segment-level encoding (UniPC, CFG).")
     ap.add_argument("prompts", help=".txt (one prompt per line), .jsonl / .json / .csv with caption (and id) columns")
     ap.add_argument("out", help="output folder: {id}.png and prompts.jsonl")
-    ap.add_argument("--preset", default="toy", help="toy, sd15 or sd15-arch")
-    ap.add_argument("--encoders", default="clip+t5", help="clip-cat, t5-mlp, clip+t5, or 'base' for the pipeline's own 77-token encoding")
+    ap.add_argument("--preset", default="toy", help="toy, sd15, sdxl, sd15-arch or sdxl-arch")
+    ap.add_argument("--encoders", help="clip-cat, t5-mlp, clip+t5, or 'base' for the pipeline's own 77-token encoding "
+                                       "(default: clip+t5; an SDXL preset: clip-cat, its two CLIP towers)")
     ap.add_argument("--lora", action="append", default=[], help="a save_long_sd folder; repeat to stack (SFT, then RFT)")
     ap.add_argument("--official-lora", action="append", default=[], help="an official LongSD LoRA .pt (list of tensors); repeat in order")
     ap.add_argument("--t5-adapter", help="a T5 adapter folder (save_pretrained), e.g. the official s28750_adapter")
@@ -544,11 +545,13 @@ def sample_cli(argv=None):
     ap.add_argument("--resample", action="store_true", help="OUT was sampled with other settings: replace its images (else an error)")
     a = ap.parse_args(argv)
     if bad := [kv for kv in a.model if "=" not in kv]: ap.error(f"--model takes ROLE=PATH, got {bad[0]!r}")
+    if a.preset not in PRESETS: ap.error(f"--preset {a.preset!r} is not known; choose one of {sorted(PRESETS)}")
+    encoders = a.encoders or ("clip-cat" if PRESETS[a.preset].sdxl else "clip+t5")
     overrides = dict(kv.split("=", 1) for kv in a.model)
     if a.t5_adapter: overrides["t5_adapter"] = a.t5_adapter
     try:
         rows = read_prompts(a.prompts)          # bad input fails here, before any model loads
-        out = sample_folder(a.out, rows, a.preset, None if a.encoders == "base" else a.encoders, a.lora, a.official_lora,
+        out = sample_folder(a.out, rows, a.preset, None if encoders == "base" else encoders, a.lora, a.official_lora,
                             overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=_cli_models(a.preset, a.zoo),
                             resample=a.resample)
     except (ValueError, FileNotFoundError, KeyError) as e: ap.error(str(e))

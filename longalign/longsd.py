@@ -16,9 +16,9 @@ from .core import (MODEL_SOURCES, TextAdapter, TrainConfig, fit, get_preset, lis
 from .encoding import LongPromptEncoder, encoder_from_preset, load_pipeline
 
 # %% auto #0
-__all__ = ['unet_lora_config', 'add_unet_lora', 'lora_summary', 'arch_models', 'load_long_sd', 'save_long_sd',
-           'load_long_sd_weights', 'sample_long', 'save_grid', 'fit_with_evals', 'official_lora_modules',
-           'merge_official_lora']
+__all__ = ['unet_lora_config', 'add_unet_lora', 'lora_summary', 'arch_models', 'load_long_sd', 'added_cond_kwargs',
+           'save_long_sd', 'load_long_sd_weights', 'sample_long', 'save_grid', 'fit_with_evals',
+           'official_lora_modules', 'merge_official_lora']
 
 # %% ../nbs/03a_longsd.ipynb #d4c675c5
 def unet_lora_config(preset="toy", rank: int | None = None, dropout: float = 0.1):
@@ -58,18 +58,38 @@ _SD_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", bet
                     clip_sample=False, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1)
 
 def arch_models(preset="sd15-arch", encoders: str = "clip-cat", seed: int = 0) -> dict:
-    "SD-1.5's UNet, VAE and scheduler, CLIP-L's text tower, T5-large's encoder and adapter, with random weights (no downloads)."
+    """SD-1.5's UNet, VAE and scheduler, CLIP-L's text tower, T5-large's encoder and adapter, with random weights (no
+    downloads). An SDXL preset (`sdxl-arch`) gets SDXL's UNet dimensions — three levels of 320/640/1280 channels, 2048-d
+    cross-attention, the pooled-text and size add-embeds — with one block per level (SDXL: two, with 1/2/10 transformer
+    layers), its two text towers at their widths (CLIP-L; OpenCLIP bigG with 4 of its 32 layers) and its VAE scaling."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
     p = get_preset(preset)
     torch.manual_seed(seed)
+    clip_l = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            projection_dim=768, hidden_act="quick_gelu")
+    vae = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+               up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=p.resolution)
     with quiet_loading():
+        if p.sdxl:
+            if encoders != "clip-cat": raise ValueError(f"preset {p.name!r} is SDXL: encoders='clip-cat' only, got {encoders!r}")
+            tokenizer_2 = clip_tokenizer(); tokenizer_2.pad_token = "!"      # SDXL's second tokenizer pads with id 0
+            return {k: v.eval() if isinstance(v, nn.Module) else v for k, v in dict(
+                unet=UNet2DConditionModel(
+                    sample_size=p.resolution // 8, block_out_channels=(320, 640, 1280), layers_per_block=1,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+                    transformer_layers_per_block=1, use_linear_projection=True, cross_attention_dim=2048,
+                    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=6 * 256 + 1280),
+                vae=AutoencoderKL(**vae, scaling_factor=0.13025, force_upcast=True),
+                text_encoder=CLIPTextModel(clip_l), tokenizer=clip_tokenizer(), tokenizer_2=tokenizer_2,
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(
+                    hidden_size=1280, intermediate_size=5120, num_hidden_layers=4, num_attention_heads=20, projection_dim=1280,
+                    hidden_act="gelu")),
+                scheduler=DDIMScheduler(**_SD_SCHEDULE)).items()}
         out = dict(
             unet=UNet2DConditionModel(sample_size=p.resolution // 8, cross_attention_dim=768),   # SD-1.5's config otherwise
-            vae=AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=p.resolution),
-            text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                      num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu")),
+            vae=AutoencoderKL(**vae), text_encoder=CLIPTextModel(clip_l),
             tokenizer=clip_tokenizer(), scheduler=DDIMScheduler(**_SD_SCHEDULE))
         if "t5" in encoders:
             out["t5_tokenizer"] = train_t5_tokenizer(["a photo of a cat on a mat."] * 4, vocab_size=256)
@@ -78,7 +98,7 @@ def arch_models(preset="sd15-arch", encoders: str = "clip-cat", seed: int = 0) -
     return {k: v.eval() if isinstance(v, nn.Module) else v for k, v in out.items()}
 
 def load_long_sd(
-    preset="toy",                   # 'toy', 'sd15-arch', 'sd15' (or a `core.Preset`)
+    preset="toy",                   # 'toy', 'sd15-arch', 'sd15', 'sdxl-arch', 'sdxl' (or a `core.Preset`)
     encoders: str = "clip-cat",     # 'clip-cat', 't5-mlp' or 'clip+t5'
     zoo=None,                       # a preset this project builds (toy): its models (default: `core.world_models(preset)`)
     overrides: dict | None = None,  # role -> local path
@@ -89,16 +109,26 @@ def load_long_sd(
     p = get_preset(preset, overrides)
     if p.ref("unet").kind == "arch":
         m = arch_models(p, encoders)
-        pipe = sd_pipeline(m["vae"], m["text_encoder"], m["tokenizer"], m["unet"], m["scheduler"])
+        pipe = sd_pipeline(m["vae"], m["text_encoder"], m["tokenizer"], m["unet"], m["scheduler"], m.get("text_encoder_2"), m.get("tokenizer_2"))
         extra = {k: m[k] for k in ("t5", "t5_tokenizer", "t5_adapter") if k in m}
-        enc = LongPromptEncoder(pipe.tokenizer, pipe.text_encoder, p.target_length, p.policy, p.pad_star, p.splitter, encoders,
-                                **extra, t5_length=p.target_length)
+        enc = encoder_from_preset(p, encoders, pipe=pipe, **extra, **({"t5_length": p.target_length} if extra else {}))
     else:
         if p.ref("unet").kind in MODEL_SOURCES: zoo = world_models(p, zoo)
         pipe = load_pipeline(p, zoo=zoo)
         enc = encoder_from_preset(p, encoders, zoo=zoo, pipe=pipe)
     if lora is not None: load_long_sd_weights(pipe, enc, lora, fuse=fuse)
     return pipe, enc
+
+# %% ../nbs/03a_longsd.ipynb #422563e0
+def added_cond_kwargs(unet, pooled: torch.Tensor | None, side: int) -> dict | None:
+    """SDXL's added conditioning for a UNet call on `side`-pixel images: `text_embeds` (the pooled text vectors) and `time_ids`
+    (original size, crop corner, target size) = (side, side, 0, 0, side, side), what the SDXL pipeline passes when sampling
+    at `side` (the SFT images are centre-cropped and resized to it). None for a UNet without them (SD-1.5)."""
+    if getattr(unet.config, "addition_embed_type", None) != "text_time": return None
+    if pooled is None: raise ValueError("this UNet (SDXL) needs pooled text embeddings: encode with both text towers")
+    ids = torch.tensor([side, side, 0, 0, side, side], dtype=unet.dtype, device=pooled.device).expand(len(pooled), 6)
+    return {"text_embeds": pooled.to(unet.dtype), "time_ids": ids}
+
 
 # %% ../nbs/03a_longsd.ipynb #ba50e19b
 def save_long_sd(folder, unet, encoder: LongPromptEncoder | None = None):

@@ -16,7 +16,7 @@ from .core import MODEL_SOURCES, TrainConfig, clip_tokenizer, get_preset, load_r
 from .encoding import LongPromptEncoder
 from .decomposition import batch_common_direction, common_direction, decompose
 from .preference import PreferenceModel, open_clip_preference
-from .longsd import add_unet_lora, fit_with_evals, load_long_sd, sample_long, save_long_sd
+from .longsd import add_unet_lora, added_cond_kwargs, fit_with_evals, load_long_sd, sample_long, save_long_sd
 
 # %% auto #0
 __all__ = ['rft_scheduler', 'grad_step_indices', 'guided_eps', 'drtune_sample', 'PreferenceReward', 'check_omega',
@@ -39,10 +39,13 @@ def grad_step_indices(steps: int, grad_steps: int, generator: torch.Generator | 
     offset = int(torch.randint(0, interval, (1,), generator=generator))
     return [offset + j * interval for j in range(grad_steps)]
 
-def guided_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float) -> torch.Tensor:
-    "The classifier-free-guided noise prediction ε_u + g (ε_c − ε_u), both branches in one UNet call."
-    if uncond is None: return unet(x, t, cond).sample
-    e_u, e_c = unet(torch.cat([x, x]), t, torch.cat([uncond, cond]).to(unet.dtype)).sample.chunk(2)
+def guided_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float,
+               added: dict | None = None, added_uncond: dict | None = None) -> torch.Tensor:
+    """The classifier-free-guided noise prediction ε_u + g (ε_c − ε_u), both branches in one UNet call. `added` /
+    `added_uncond`: SDXL's added conditioning of each branch (`longsd.added_cond_kwargs`)."""
+    if uncond is None: return unet(x, t, cond, added_cond_kwargs=added).sample
+    both = None if added is None else {k: torch.cat([added_uncond[k], added[k]]) for k in added}
+    e_u, e_c = unet(torch.cat([x, x]), t, torch.cat([uncond, cond]).to(unet.dtype), added_cond_kwargs=both).sample.chunk(2)
     return e_u + guidance * (e_c - e_u)
 
 def drtune_sample(
@@ -58,6 +61,8 @@ def drtune_sample(
     grad_at: list | None = None,    # the K step indices (default: `grad_step_indices(N, K, generator)`)
     generator: torch.Generator | None = None,
     trace: list | None = None,      # if a list: (step index, detached UNet input, t) of every step are appended
+    added: dict | None = None,      # SDXL: the added conditioning of the prompts (`longsd.added_cond_kwargs`)
+    added_uncond: dict | None = None,  # SDXL: and of the unconditional branch
 ) -> torch.Tensor:
     "x̂₀ predicted at the last of N DDIM steps, differentiable through K UNet calls and every DDIM update."
     grad_at = set(grad_step_indices(steps, grad_steps, generator) if grad_at is None else grad_at)
@@ -68,10 +73,10 @@ def drtune_sample(
         if trace is not None: trace.append((i, x.detach().clone(), t))
         if i in grad_at:
             inp = x.detach() if stop_grad else x
-            eps = (torch.utils.checkpoint.checkpoint(guided_eps, unet, inp, t, cond, uncond, guidance, use_reentrant=False)
-                   if checkpoint else guided_eps(unet, inp, t, cond, uncond, guidance))
+            eps = (torch.utils.checkpoint.checkpoint(guided_eps, unet, inp, t, cond, uncond, guidance, added, added_uncond, use_reentrant=False)
+                   if checkpoint else guided_eps(unet, inp, t, cond, uncond, guidance, added, added_uncond))
         else:
-            with torch.no_grad(): eps = guided_eps(unet, x, t, cond, uncond, guidance)
+            with torch.no_grad(): eps = guided_eps(unet, x, t, cond, uncond, guidance, added, added_uncond)
         out = scheduler.step(eps, t, x, eta=0.0)
         x = out.prev_sample
     return out.pred_original_sample
@@ -158,7 +163,7 @@ class LongSDReward(nn.Module):
         super().__init__()
         grad_step_indices(steps, grad_steps)          # validates N and K before any model work
         self.unet, self.vae, self.reward, self.encoder = pipe.unet, pipe.vae.requires_grad_(False), reward, encoder
-        for name in ("text_encoder", "t5", "t5_adapter"):   # registered, so `.to(device)` and accelerate move them too
+        for name in ("text_encoder", "text_encoder_2", "t5", "t5_adapter"):   # registered, so `.to(device)` and accelerate move them too
             m = getattr(encoder, name)
             if m is not None: setattr(self, name, m.requires_grad_(False))
         self.scheduler = rft_scheduler(pipe.scheduler)
@@ -168,25 +173,43 @@ class LongSDReward(nn.Module):
     def train(self, mode: bool = True):
         "Only the UNet (its LoRA dropout) changes mode; the frozen parts stay in eval."
         nn.Module.train(self, mode)
-        for m in (self.vae, self.encoder.text_encoder, self.encoder.t5, self.encoder.t5_adapter):
+        for m in (self.vae, self.encoder.text_encoder, self.encoder.text_encoder_2, self.encoder.t5, self.encoder.t5_adapter):
             if m is not None: m.eval()
         self.reward.train(mode)
         return self
 
     @torch.no_grad()
+    def condition(self, captions: list) -> tuple:
+        """`(prompt_embeds, pooled)` of the captions through the frozen long-prompt encoder (the batch as one call: see
+        below); pooled (SDXL's `pooled_prompt_embeds`) is None with one text tower."""
+        e = self.encoder.encode(list(captions))
+        to = lambda x: None if x is None else x.to(self.unet.device, self.unet.dtype)
+        return to(e.prompt_embeds), to(e.pooled_prompt_embeds)
+
     def embeds(self, captions: list) -> torch.Tensor:
-        "prompt_embeds of the captions through the frozen long-prompt encoder (the batch as one call: see below)."
-        return self.encoder.encode(list(captions)).prompt_embeds.to(self.unet.device, self.unet.dtype)
+        "prompt_embeds of the captions (`condition`)."
+        return self.condition(captions)[0]
+
+    def negative(self) -> tuple:
+        "`(prompt_embeds, pooled)` of the unconditional branch: the empty prompt (zeros where the encoder zeroes it, as SDXL)."
+        if self._uncond is None:
+            cond, pooled = self.condition([""])
+            if self.encoder.zero_negative: cond, pooled = torch.zeros_like(cond), None if pooled is None else torch.zeros_like(pooled)
+            self._uncond = (cond, pooled)
+        return self._uncond
 
     def sample(self, captions: list, generator: torch.Generator | None = None) -> torch.Tensor:
         "Images in [0, 1] for `captions`, differentiable through the K gradient steps."
-        cond, n = self.embeds(captions), len(captions)
-        if self._uncond is None: self._uncond = self.embeds([""])
-        uncond = self._uncond.expand(n, -1, -1) if self.guidance != 1 else None
+        (cond, pooled), n = self.condition(captions), len(captions)
+        u, u_pooled = self.negative()
+        uncond = u.expand(n, -1, -1) if self.guidance != 1 else None
         c = self.unet.config
+        side = c.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        added = added_cond_kwargs(self.unet, pooled, side)
+        added_uncond = added_cond_kwargs(self.unet, u_pooled.expand(n, -1), side) if added and uncond is not None else None
         latents = torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=generator).to(self.unet.device, self.unet.dtype)
         x0 = drtune_sample(self.unet, self.scheduler, latents, cond, uncond, self.steps, self.grad_steps, self.guidance,
-                           self.stop_grad, self.checkpoint, generator=generator)
+                           self.stop_grad, self.checkpoint, generator=generator, added=added, added_uncond=added_uncond)
         img = self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
@@ -227,12 +250,15 @@ class RFTConfig:
 
     @classmethod
     def for_preset(cls, preset="toy", **kw) -> "RFTConfig":
-        "The preset's defaults (`sd15`: the paper's and the official script's), with `kw` replacing any of them."
+        """The preset's defaults (`sd15`: the paper's and the official script's; `sdxl`: the same schedule — the paper gives
+        none for longSDXL — at 2 images of 1024 px per device and SDXL's guidance 5), with `kw` replacing any of them."""
         name = get_preset(preset).name
-        if name == "sd15":
-            base = dict(steps=4000, batch_size=48, lr=3e-5, warmup_steps=2000, sampler_steps=50, grad_steps=5, guidance=7.5,
-                        mixed_precision="bf16", checkpoint_every=200, per_device_batch=8)
-        elif name == "sd15-arch": base = dict(steps=1, batch_size=1, lr=3e-5, warmup_steps=0, sampler_steps=2, grad_steps=1, checkpoint_every=1)
+        if name in ("sd15", "sdxl"):
+            base = dict(steps=4000, batch_size=48, lr=3e-5, warmup_steps=2000, sampler_steps=50, grad_steps=5,
+                        guidance=7.5 if name == "sd15" else 5.0, mixed_precision="bf16", checkpoint_every=200,
+                        per_device_batch=8 if name == "sd15" else 2)
+        elif name in ("sd15-arch", "sdxl-arch"):
+            base = dict(steps=1, batch_size=1, lr=3e-5, warmup_steps=0, sampler_steps=2, grad_steps=1, checkpoint_every=1)
         else: base = {}
         return cls(**{**base, **kw})
 
@@ -297,7 +323,7 @@ def read_run(folder) -> tuple:
 
 # %% ../nbs/05_rft.ipynb #4179138c
 def load_reward_model(preset="toy", role: str = "denscore", path=None, zoo=None, overrides: dict | None = None) -> PreferenceModel:
-    "The reward `PreferenceModel` of a preset: the toy world's (`zoo`: its models), a random CLIP-H (`sd15-arch`), or local / hub CLIP weights."
+    "The reward `PreferenceModel` of a preset: the toy world's (`zoo`: its models), a random CLIP-H (`sd15-arch`, `sdxl-arch`), or local / hub CLIP weights."
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
     p = get_preset(preset, {**(parse_overrides(overrides) or {}), **({role: str(path)} if path else {})})
     kind = p.ref(role).kind
@@ -337,8 +363,8 @@ def run_rft(
     cfg = RFTConfig.for_preset(preset, omega=omega, **{"kind": "denscore" if reward_role == "denscore" else "single", **cfg_kw})
     if prompts is None: raise ValueError(f"preset {preset!r} needs prompts: a .txt (one per line) or a file with a caption column")
     prompts = prompt_data(prompts)
-    if sft_lora is None and get_preset(preset).name == "sd15":
-        raise ValueError("preset 'sd15' starts from the SFT weights: pass sft_lora=<folder written by save_long_sd> (04_sft trains them)")
+    if sft_lora is None and get_preset(preset).name in ("sd15", "sdxl"):
+        raise ValueError(f"preset {get_preset(preset).name!r} starts from the SFT weights: pass sft_lora=<folder written by save_long_sd> (04_sft trains them)")
     pm = load_reward_model(preset, reward_role, path=reward_model, overrides=overrides)
     evaluate, eval_steps = None, None
     if eval_every:

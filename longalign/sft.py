@@ -14,7 +14,7 @@ from torch import nn
 
 from .core import TrainConfig, get_preset, image_from_bytes, progress_bar, run_record
 from .encoding import LongPromptEncoder
-from .longsd import add_unet_lora, fit_with_evals, load_long_sd, save_long_sd
+from .longsd import add_unet_lora, added_cond_kwargs, fit_with_evals, load_long_sd, save_long_sd
 
 # %% auto #0
 __all__ = ['ImageCaptions', 'image_caption_data', 'LongSD', 'feature_models', 'cache_sft_features', 'CachedSFTData', 'SFTConfig',
@@ -73,6 +73,7 @@ class LongSD(nn.Module):
         from diffusers import DDPMScheduler
         self.unet, self.vae, self.text_encoder = pipe.unet, pipe.vae.requires_grad_(False), encoder.text_encoder
         if self.text_encoder is not None: self.text_encoder.requires_grad_(False)
+        if encoder.text_encoder_2 is not None: self.text_encoder_2 = encoder.text_encoder_2.requires_grad_(False)   # SDXL
         if encoder.t5 is not None:
             self.t5, self.t5_adapter = encoder.t5.requires_grad_(False), encoder.t5_adapter.requires_grad_(True).float()
         self.encoder, self.caption_dropout = encoder, caption_dropout
@@ -80,15 +81,18 @@ class LongSD(nn.Module):
         self.empty_parts, self.channels_last = None, False   # the dropped caption's cached parts; the UNet's memory format
         self.latent_format = None                            # cached latents: the memory format the VAE returns them in
 
-    def condition(self, captions: list) -> torch.Tensor:
-        "`prompt_embeds` of `captions` (= `encoder.encode(captions).prompt_embeds`), frozen parts cached if asked."
-        if self.cache is None: return self.encoder.from_parts(self.encoder.frozen_parts(captions))
-        todo = [c for c in dict.fromkeys(captions) if c not in self.cache]
-        if todo:
-            parts = self.encoder.frozen_parts(todo)
-            for i, c in enumerate(todo): self.cache[c] = {k: v[i].cpu() for k, v in parts.items()}
-        dev = self.unet.device
-        return self.encoder.from_parts({k: torch.stack([self.cache[c][k] for c in captions]).to(dev) for k in self.cache[captions[0]]})
+    def condition(self, captions: list) -> tuple:
+        """`(prompt_embeds, pooled)` of `captions` (= `encoder.encode(captions)`'s `prompt_embeds` and, SDXL,
+        `pooled_prompt_embeds`; None with one tower), frozen parts cached if asked."""
+        if self.cache is None: parts = self.encoder.frozen_parts(captions)
+        else:
+            todo = [c for c in dict.fromkeys(captions) if c not in self.cache]
+            if todo:
+                new = self.encoder.frozen_parts(todo)
+                for i, c in enumerate(todo): self.cache[c] = {k: v[i].cpu() for k, v in new.items()}
+            dev = self.unet.device
+            parts = {k: torch.stack([self.cache[c][k] for c in captions]).to(dev) for k in self.cache[captions[0]]}
+        return self.encoder.from_parts(parts), parts.get("pooled")
 
     def forward(self, pixels=None, captions=None, latent_mean=None, latent_std=None, **parts) -> torch.Tensor:
         """The denoising loss of a batch: of images (n, 3, H, W) in [0, 1] and their captions, or of their cached features
@@ -104,12 +108,13 @@ class LongSD(nn.Module):
         eps = torch.randn(latent_mean.shape, device=latent_mean.device, dtype=latent_mean.dtype)   # as latent_dist.sample() draws it
         z = (latent_mean + latent_std * eps) * self.vae.config.scaling_factor
         drop = torch.rand(n) < self.caption_dropout
-        cond = self.condition(["" if d else c for d, c in zip(drop.tolist(), captions)]) if not parts else self.from_cached(parts, drop)
+        cond, pooled = self.condition(["" if d else c for d, c in zip(drop.tolist(), captions)]) if not parts else self.from_cached(parts, drop)
         noise = torch.randn_like(z)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), device=z.device)
         noisy = self.noise_scheduler.add_noise(z, noise, t)
         if self.channels_last: noisy = noisy.contiguous(memory_format=torch.channels_last)
-        pred = self.unet(noisy, t, cond.to(self.unet.dtype)).sample
+        side = z.shape[-1] * 2 ** (len(self.vae.config.block_out_channels) - 1)     # the images' side in pixels
+        pred = self.unet(noisy, t, cond.to(self.unet.dtype), added_cond_kwargs=added_cond_kwargs(self.unet, pooled, side)).sample
         return F.mse_loss(pred.float(), noise.float())
 
     def use_cache(self, data: "CachedSFTData") -> "LongSD":
@@ -117,11 +122,12 @@ class LongSD(nn.Module):
         self.empty_parts, self.latent_format = data.empty, data.record.get("latent_format")
         return self
 
-    def from_cached(self, parts: dict, drop: torch.Tensor) -> torch.Tensor:
-        "`prompt_embeds` from cached frozen parts, the empty caption's parts where `drop` (caption dropout)."
+    def from_cached(self, parts: dict, drop: torch.Tensor) -> tuple:
+        "`(prompt_embeds, pooled)` from cached frozen parts, the empty caption's parts where `drop` (caption dropout)."
         if self.empty_parts is None: self.empty_parts = {k: v[0].cpu() for k, v in self.encoder.frozen_parts([""]).items()}
         mask = lambda v: drop.to(v.device).view(-1, *[1] * (v.dim() - 1))
-        return self.encoder.from_parts({k: torch.where(mask(v), self.empty_parts[k].to(v), v) for k, v in parts.items()})
+        parts = {k: torch.where(mask(v), self.empty_parts[k].to(v), v) for k, v in parts.items()}
+        return self.encoder.from_parts(parts), parts.get("pooled")
 
 
 # %% ../nbs/04_sft.ipynb #67bb8637
@@ -137,7 +143,7 @@ def _fingerprint(tensors) -> str:
 
 def feature_models(pipe, encoder: LongPromptEncoder) -> dict:
     "Fingerprints of the frozen models whose outputs `cache_sft_features` stores (first and last weights of each)."
-    mods = {"vae": pipe.vae, "text_encoder": encoder.text_encoder, "t5": encoder.t5}
+    mods = {"vae": pipe.vae, "text_encoder": encoder.text_encoder, "text_encoder_2": encoder.text_encoder_2, "t5": encoder.t5}
     return {k: _fingerprint([next(iter(m.parameters())), list(m.parameters())[-1]]) for k, m in mods.items() if m is not None}
 
 def _write(path: Path, write):
@@ -231,7 +237,7 @@ class CachedSFTData(torch.utils.data.Dataset):
 class SFTConfig:
     "Hyper-parameters of one SFT run."
     encoders: str = "clip-cat"
-    steps: int = 900              # toy clip-cat on the shipped zoo, oracle before / after the cut (04, 100 captions): 69 / 65 % at 300 steps, 78 / 78 at 600, 83 / 82 at 900
+    steps: int = 1500             # toy clip-cat on the shipped zoo, oracle before / after the cut (100 captions): 69 / 65 % at 300 steps, 78 / 78 at 600, 83 / 82 at 900, 84 / 86 at 1200, 89 / 88 at 1500
     batch_size: int = 32          # global batch per optimizer step
     grad_accum: int = 1
     lr: float = 1e-3
@@ -255,12 +261,13 @@ class SFTConfig:
 
     @classmethod
     def for_preset(cls, preset="toy", **kw) -> "SFTConfig":
-        "The preset's defaults (`sd15`: the paper's), with `kw` replacing any of them."
+        """The preset's defaults (`sd15`: the paper's; `sdxl`: the same schedule — the paper gives none for longSDXL — at 8
+        images of 1024 px per device), with `kw` replacing any of them."""
         name = get_preset(preset).name
-        if name == "sd15":
+        if name in ("sd15", "sdxl"):
             base = cls(steps=30_000, batch_size=192, lr=3e-5, warmup_steps=2000, max_grad_norm=1.0, mixed_precision="bf16",
-                       checkpoint_every=1000, cache_embeddings=False, per_device_batch=32)
-        elif name == "sd15-arch": base = cls(steps=1, batch_size=1, lr=3e-5, warmup_steps=0, checkpoint_every=1)
+                       checkpoint_every=1000, cache_embeddings=False, per_device_batch=32 if name == "sd15" else 8)
+        elif name in ("sd15-arch", "sdxl-arch"): base = cls(steps=1, batch_size=1, lr=3e-5, warmup_steps=0, checkpoint_every=1)
         else: base = cls()
         return replace(base, **kw)
 
@@ -291,7 +298,7 @@ def train_sft(
                      mixed_precision=cfg.mixed_precision, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                      progress=progress, cpu=cpu, fused_optimizer=cfg.fused_optimizer)
     stack = lambda rows, k: torch.stack([r[k] for r in rows]) if torch.is_tensor(rows[0][k]) else [r[k] for r in rows]
-    known = {"pixels", "caption", "latent_mean", "latent_std", "clip", "t5"}    # what LongSD reads; other columns stay out
+    known = {"pixels", "caption", "latent_mean", "latent_std", "clip", "t5", "pooled"}    # what LongSD reads; other columns stay out
     collate = lambda rows: {("captions" if k == "caption" else k): stack(rows, k) for k in rows[0] if k in known}
     step = lambda m, b, ctx: m(**{k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in b.items()})
     fit_with_evals(model, data, step, tc, collate=collate,
@@ -304,7 +311,7 @@ def train_sft(
 def _train_mode_keeps_frozen_eval(self, mode: bool = True):
     "Frozen parts (VAE, text encoders) stay in eval mode — T5's dropout must not act on frozen features."
     nn.Module.train(self, mode)
-    for name in ("vae", "text_encoder", "t5"):
+    for name in ("vae", "text_encoder", "text_encoder_2", "t5"):
         m = getattr(self, name, None)
         if m is not None: m.eval()
     return self
