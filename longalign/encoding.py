@@ -617,6 +617,9 @@ def encoder_from_preset(
 ) -> LongPromptEncoder:
     "A `LongPromptEncoder` with the preset's models, target length, splitter mode, `<pad*>` and policy."
     p = get_preset(preset, overrides)
+    if p.sdxl and encoders != "clip-cat":        # before any loading
+        raise ValueError(f"preset {p.name!r} is SDXL: its long prompts are segment-encoded by its two CLIP towers "
+                         f"(encoders='clip-cat'); LaVi-Bridge's T5 adapter ({encoders!r}) is for SD-1.5")
     args = dict(target_length=p.target_length, policy=p.policy, pad_star=p.pad_star, mode=p.splitter, encoders=encoders)
     toy = p.ref("text_encoder").kind in MODEL_SOURCES
     if toy: zoo = world_models(p, zoo)
@@ -628,9 +631,6 @@ def encoder_from_preset(
         if p.sdxl:      # SDXL base zeroes the empty negative (its force_zeros_for_empty_prompt)
             args.update(tokenizer_2=load_role(p, "tokenizer_2", CLIPTokenizer), zero_negative=True,
                         text_encoder_2=load_role(p, "text_encoder_2", CLIPTextModelWithProjection))
-    if p.sdxl and encoders != "clip-cat":
-        raise ValueError(f"preset {p.name!r} is SDXL: its long prompts are segment-encoded by its two CLIP towers "
-                         f"(encoders='clip-cat'); LaVi-Bridge's T5 adapter ({encoders!r}) is for SD-1.5")
     if "t5" in encoders and "t5" not in kwargs:
         if toy:
             args.update(t5=zoo.load("t5"), t5_tokenizer=zoo.load("t5_tokenizer"), t5_adapter=zoo.load("t5_adapter"),

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (MODEL_SOURCES, PRESETS, FeatureStats, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
+from .core import (MODEL_SOURCES, PRESETS, FeatureStats, ModelUnavailableError, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
                             read_prompts, sample, world_models)
 from .toyworld import COLOURS, POSITIONS, SIZES, Caption, Fact, config_hash, toy_image_features   # the toy stand-ins for VQAScore and the judge
 from .encoding import load_pipeline, split_segments
@@ -554,7 +554,7 @@ def sample_cli(argv=None):
         out = sample_folder(a.out, rows, a.preset, None if encoders == "base" else encoders, a.lora, a.official_lora,
                             overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=_cli_models(a.preset, a.zoo),
                             resample=a.resample)
-    except (ValueError, FileNotFoundError, KeyError) as e: ap.error(str(e))
+    except (ValueError, FileNotFoundError, KeyError, ModelUnavailableError) as e: ap.error(str(e))
     print(f"images in {out}")
 
 def eval_cli(argv=None):

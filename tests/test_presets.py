@@ -63,3 +63,22 @@ def test_run_config_records_what_reproduces_it(tmp_path):
     import torch, diffusers, transformers
     assert rec["versions"]["diffusers"] == diffusers.__version__ and rec["versions"]["transformers"] == transformers.__version__
     assert rec["versions"]["torch"] == torch.__version__
+
+
+def test_sdxl_preset_fails_fast_offline_and_refuses_t5(tmp_path):
+    code = """
+from longalign.core import ModelUnavailableError
+from longalign.encoding import encoder_from_preset
+from longalign.longsd import load_long_sd
+try: encoder_from_preset("sdxl", "clip+t5")
+except ValueError as e: print("T5|" + str(e))
+try: load_long_sd("sdxl")
+except ModelUnavailableError as e: print("HUB|" + str(e))
+"""
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    lines = dict(l.split("|", 1) for l in r.stdout.strip().splitlines() if "|" in l)
+    assert set(lines) == {"T5", "HUB"}, r.stdout + r.stderr[-2000:]
+    assert "preset 'sdxl' is SDXL" in lines["T5"] and "encoders='clip-cat'" in lines["T5"]
+    assert "preset 'sdxl', role 'unet'" in lines["HUB"] and "stabilityai/stable-diffusion-xl-base-1.0" in lines["HUB"]
+    assert "overrides={'unet': '/local/path'}" in lines["HUB"]

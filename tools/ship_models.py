@@ -4,8 +4,8 @@ The models a default run of the notebooks trains are copied from a toy-world cac
 entry, weights gzip-compressed, each with the manifest (config, SHA-256 of every file, metrics) it was built with. A
 newcomer's first run then loads them (`toyworld.cached_build` verifies every hash first) instead of training them.
 
-    LONGALIGN_CACHE=/tmp/fresh-cache bash -c 'for nb in nbs/0*.ipynb; do papermill $nb /tmp/out.ipynb --cwd nbs; done'
-    python tools/ship_models.py /tmp/fresh-cache            # ship what that default run built
+    bash tools/rebuild_shipped.sh /tmp/fresh-cache          # the notebooks at their defaults, from scratch, on two lanes
+    python tools/ship_models.py /tmp/fresh-cache --skip eval_ --clean   # ship what that default run built
     longalign-zoo --verify                                  # check the shipped copies
 
 Run the notebooks into a fresh cache (as above) so that only what the defaults use is shipped: every entry of the cache
