@@ -21,6 +21,8 @@ SCRIPT = textwrap.dedent('''
     mine = data[acc.process_index * per:(acc.process_index + 1) * per]
     V = batch_common_direction(mine, acc)
     if acc.is_main_process: torch.save({"V": V, "processes": acc.num_processes, "rows": len(mine)}, sys.argv[2])
+    acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()           # leaving it to interpreter exit aborted a rank once ("terminate called")
 ''')
 
 
