@@ -108,7 +108,12 @@ class LongSD(nn.Module):
         eps = torch.randn(latent_mean.shape, device=latent_mean.device, dtype=latent_mean.dtype)   # as latent_dist.sample() draws it
         z = (latent_mean + latent_std * eps) * self.vae.config.scaling_factor
         drop = torch.rand(n) < self.caption_dropout
-        cond, pooled = self.condition(["" if d else c for d, c in zip(drop.tolist(), captions)]) if not parts else self.from_cached(parts, drop)
+        if self.encoder.zero_negative:      # SDXL: a dropped caption is zeros, the unconditional input its sampler gives
+            cond, pooled = self.condition(captions) if not parts else self.from_cached(parts, torch.zeros_like(drop))
+            cond, pooled = (None if x is None else torch.where(drop.to(x.device).view(-1, *[1] * (x.dim() - 1)), 0, x)
+                            for x in (cond, pooled))
+        else:
+            cond, pooled = self.condition(["" if d else c for d, c in zip(drop.tolist(), captions)]) if not parts else self.from_cached(parts, drop)
         noise = torch.randn_like(z)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), device=z.device)
         noisy = self.noise_scheduler.add_noise(z, noise, t)

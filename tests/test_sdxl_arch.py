@@ -37,7 +37,7 @@ def test_sft_then_rft_with_sdxl_architectures(tmp_path):
         enc = json.loads((tmp_path / run / "config.json").read_text())["settings"]["encoding"]
         assert (enc["towers"], enc["layer"], enc["pooled"], enc["zero_negative"]) == (2, "penultimate", "truncate", True), run
     sft = pd.read_csv(tmp_path / "sft" / "metrics.csv")
-    assert sft[sft.name == "loss"].value.between(0, 10).all() and sft.step.max() == 1
+    assert (sft.name == "loss").any() and sft[sft.name == "loss"].value.between(0, 10).all() and sft.step.max() == 1
     m = pd.read_csv(tmp_path / "rft" / "metrics.csv").pivot_table(index="step", columns="name", values="value")
     assert list(m.index) == [1] and m.loc[1, "grad_norm"] > 0
     assert abs(m.loc[1, "loss"] - 0.5 * (1 - m.loc[1, "reward"])) < 1e-6    # loss = (1 - reward) / 2

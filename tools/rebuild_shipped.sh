@@ -8,19 +8,29 @@
 # The notebooks run at their defaults into an empty cache with the shipped copies hidden (LONGALIGN_SHIPPED points at an
 # empty folder), on two lanes with one thread each: 00a builds the zoo; then 04 (the three SFT runs) beside 02 -> 03 -> 05;
 # then 06 and 07. An entry one lane needs while the other builds it is waited for (cached_build holds a lock per entry).
+# Any notebook that fails stops the run (the other lane too) with a non-zero exit.
 set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
+cache=$(realpath -m -- "$1")
+runs=$(realpath -m -- "${REBUILD_RUNS:-/tmp/rebuild-runs}")
 cd "$(dirname "$0")/.."
-cache=${1:?give an empty cache folder}
 [ -z "$(ls -A "$cache" 2>/dev/null)" ] || { echo "$cache is not empty: give an empty folder (a full rebuild)"; exit 1; }
-runs=${REBUILD_RUNS:-/tmp/rebuild-runs}
 mkdir -p "$cache" "$runs"
-export LONGALIGN_CACHE=$cache LONGALIGN_SHIPPED=$(mktemp -d) OMP_NUM_THREADS=1
+hidden=$(mktemp -d)
+trap 'for p in $(jobs -p); do pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; rm -rf "$hidden"' EXIT   # a failed lane stops the other
+export LONGALIGN_CACHE=$cache LONGALIGN_SHIPPED=$hidden OMP_NUM_THREADS=1
 start=$(date +%s)
-run() { local t0=$(date +%s); papermill -k python3 "nbs/$1.ipynb" "$runs/$1.ipynb" --cwd nbs > "$runs/$1.log" 2>&1 || { echo "$1 failed: $runs/$1.log"; return 1; }; echo "$1 done in $(( $(date +%s) - t0 )) s"; }
+run() {
+  local t0; t0=$(date +%s)
+  papermill -k python3 "nbs/$1.ipynb" "$runs/$1.ipynb" --cwd nbs > "$runs/$1.log" 2>&1 || { echo "$1 failed: $runs/$1.log"; return 1; }
+  echo "$1 done in $(( $(date +%s) - t0 )) s"
+}
 run 00a_toyworld
 run 04_sft & sft=$!
 (run 02_denscore && run 03_decomposition && run 05_rft) & rest=$!
-wait $sft; wait $rest
-run 06_eval && run 07_tables
+wait "$sft" || { echo "the SFT lane failed: nothing to ship"; exit 1; }
+wait "$rest" || { echo "the 02 -> 03 -> 05 lane failed: nothing to ship"; exit 1; }
+run 06_eval
+run 07_tables
 echo "rebuilt in $(( $(date +%s) - start )) s"
 echo "ship it with: python tools/ship_models.py $cache --skip eval_ --clean"
