@@ -103,6 +103,11 @@ class Preset:
 _SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 _CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 _SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+_REWARDS = dict(denscore=ModelRef("luping-liu/Denscore"), pickscore=ModelRef("yuvalkirstain/PickScore_v1"),   # every real preset's
+                hpsv2=ModelRef("xswu/HPSv2", filename="HPS_v2_compressed.pt"), clip_h=ModelRef(_CLIP_H),
+                reward_processor=ModelRef(_CLIP_H))
+_ARCH_REWARDS = {**{r: ModelRef("arch:clip-h") for r in ("denscore", "pickscore", "hpsv2", "clip_h")},  # random CLIP-H
+                 "reward_processor": ModelRef("arch:clip-processor")}
 
 PRESETS = {
     "toy": Preset(
@@ -116,10 +121,7 @@ PRESETS = {
             unet=ModelRef(_SD15, "unet"), vae=ModelRef(_SD15, "vae"), text_encoder=ModelRef(_SD15, "text_encoder"),
             tokenizer=ModelRef(_SD15, "tokenizer"), scheduler=ModelRef(_SD15, "scheduler"),
             t5=ModelRef("google-t5/t5-large"), t5_tokenizer=ModelRef("google-t5/t5-large"),
-            t5_adapter=ModelRef("shihaozhao/LaVi-Bridge", "t5_unet/adapter"),
-            denscore=ModelRef("luping-liu/Denscore"), pickscore=ModelRef("yuvalkirstain/PickScore_v1"),
-            hpsv2=ModelRef("xswu/HPSv2", filename="HPS_v2_compressed.pt"), clip_h=ModelRef(_CLIP_H),
-            reward_processor=ModelRef(_CLIP_H)),
+            t5_adapter=ModelRef("shihaozhao/LaVi-Bridge", "t5_unet/adapter"), **_REWARDS),
         resolution=512, target_length=240, splitter="compat", pad_star="official", policy="paper",
         note="The paper's models. The released LongSD and Denscore were trained with the official splitter, hence 'compat'."),
     "sd15-arch": Preset(
@@ -127,9 +129,7 @@ PRESETS = {
         models=dict(unet=ModelRef("arch:sd15-unet"), vae=ModelRef("arch:sd15-vae"),
                     text_encoder=ModelRef("arch:clip-l-text"), tokenizer=ModelRef("arch:clip-tokenizer"),
                     scheduler=ModelRef("arch:sd15-scheduler"), t5=ModelRef("arch:t5-large"),
-                    t5_tokenizer=ModelRef("arch:t5-tokenizer"), t5_adapter=ModelRef("arch:lavi-adapter"),
-                    denscore=ModelRef("arch:clip-h"), pickscore=ModelRef("arch:clip-h"), hpsv2=ModelRef("arch:clip-h"),
-                    clip_h=ModelRef("arch:clip-h"), reward_processor=ModelRef("arch:clip-processor")),
+                    t5_tokenizer=ModelRef("arch:t5-tokenizer"), t5_adapter=ModelRef("arch:lavi-adapter"), **_ARCH_REWARDS),
         resolution=32, target_length=240, splitter="compat", pad_star="official", policy="paper",
         note="SD-1.5's architectures (768/1024 dims, real LoRA targets) with random weights at 32 px: a CPU smoke test."),
     "sdxl": Preset(
@@ -137,10 +137,7 @@ PRESETS = {
         models=dict(
             unet=ModelRef(_SDXL, "unet"), vae=ModelRef(_SDXL, "vae"), text_encoder=ModelRef(_SDXL, "text_encoder"),
             tokenizer=ModelRef(_SDXL, "tokenizer"), scheduler=ModelRef(_SDXL, "scheduler"),
-            text_encoder_2=ModelRef(_SDXL, "text_encoder_2"), tokenizer_2=ModelRef(_SDXL, "tokenizer_2"),
-            denscore=ModelRef("luping-liu/Denscore"), pickscore=ModelRef("yuvalkirstain/PickScore_v1"),
-            hpsv2=ModelRef("xswu/HPSv2", filename="HPS_v2_compressed.pt"), clip_h=ModelRef(_CLIP_H),
-            reward_processor=ModelRef(_CLIP_H)),
+            text_encoder_2=ModelRef(_SDXL, "text_encoder_2"), tokenizer_2=ModelRef(_SDXL, "tokenizer_2"), **_REWARDS),
         resolution=1024, target_length=240, splitter="compat", pad_star="official", policy="paper",
         note="longSDXL (paper App. C.4, Table 7): SDXL base at 1024 px, its two CLIP towers segment-encoded (clip-cat); no T5."),
     "sdxl-arch": Preset(
@@ -148,9 +145,7 @@ PRESETS = {
         models=dict(unet=ModelRef("arch:sdxl-unet"), vae=ModelRef("arch:sdxl-vae"),
                     text_encoder=ModelRef("arch:clip-l-text"), tokenizer=ModelRef("arch:clip-tokenizer"),
                     scheduler=ModelRef("arch:sdxl-scheduler"), text_encoder_2=ModelRef("arch:clip-bigg-text"),
-                    tokenizer_2=ModelRef("arch:clip-tokenizer-2"),
-                    denscore=ModelRef("arch:clip-h"), pickscore=ModelRef("arch:clip-h"), hpsv2=ModelRef("arch:clip-h"),
-                    clip_h=ModelRef("arch:clip-h"), reward_processor=ModelRef("arch:clip-processor")),
+                    tokenizer_2=ModelRef("arch:clip-tokenizer-2"), **_ARCH_REWARDS),
         resolution=32, target_length=240, splitter="compat", pad_star="official", policy="paper",
         note="SDXL's dimensions (2048-d cross-attention from 768 + 1280 towers, pooled and size add-embeds) with fewer "
              "blocks and random weights at 32 px: a CPU smoke test."),

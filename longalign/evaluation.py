@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (MODEL_SOURCES, PRESETS, FeatureStats, ModelUnavailableError, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
+from .core import (MODEL_SOURCES, FeatureStats, ModelUnavailableError, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
                             read_prompts, sample, world_models)
 from .toyworld import COLOURS, POSITIONS, SIZES, Caption, Fact, config_hash, toy_image_features   # the toy stand-ins for VQAScore and the judge
 from .encoding import load_pipeline, split_segments
@@ -545,11 +545,10 @@ def sample_cli(argv=None):
     ap.add_argument("--resample", action="store_true", help="OUT was sampled with other settings: replace its images (else an error)")
     a = ap.parse_args(argv)
     if bad := [kv for kv in a.model if "=" not in kv]: ap.error(f"--model takes ROLE=PATH, got {bad[0]!r}")
-    if a.preset not in PRESETS: ap.error(f"--preset {a.preset!r} is not known; choose one of {sorted(PRESETS)}")
-    encoders = a.encoders or ("clip-cat" if PRESETS[a.preset].sdxl else "clip+t5")
     overrides = dict(kv.split("=", 1) for kv in a.model)
     if a.t5_adapter: overrides["t5_adapter"] = a.t5_adapter
     try:
+        encoders = a.encoders or ("clip-cat" if get_preset(a.preset).sdxl else "clip+t5")   # an unknown preset fails here
         rows = read_prompts(a.prompts)          # bad input fails here, before any model loads
         out = sample_folder(a.out, rows, a.preset, None if encoders == "base" else encoders, a.lora, a.official_lora,
                             overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=_cli_models(a.preset, a.zoo),
