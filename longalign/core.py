@@ -32,8 +32,8 @@ __all__ = ['DIFFUSION_ROLES', 'ROLES', 'PRESETS', 'MODEL_SOURCES', 'CLIP_MEAN', 
            'train_t5_tokenizer', 'image_to_png', 'image_from_bytes', 'feature_tensor', 'quiet_loading', 'sd_pipeline',
            'sample', 'FeatureStats', 'frechet_distance', 'fid_from_features', 'mean_pairwise_distance',
            'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult',
-           'trainable_state_dict', 'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note', 'fit',
-           'read_prompts', 'process_state', 'free_port', 'launch']
+           'trainable_state_dict', 'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note',
+           'frozen_weights_in', 'input_dtype', 'fit', 'read_prompts', 'process_state', 'free_port', 'launch']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -744,6 +744,30 @@ def progress_note(message: str):
     "One line of progress (what is being built, where, how long it took) on `progress_stream()`."
     print(message, file=progress_stream(), flush=True)
 
+# %% ../nbs/00_core.ipynb #c7cdf16d
+@contextlib.contextmanager
+def frozen_weights_in(dtype: torch.dtype | None, *modules: nn.Module):
+    "Within the block, the frozen fp32 weights of `modules`' linear and convolution layers are stored in `dtype`; restored on exit."
+    saved = []
+    try:
+        if dtype not in (None, torch.float32):
+            for m in modules:
+                for layer in m.modules():
+                    if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)): continue
+                    for p in layer.parameters(recurse=False):
+                        if not p.requires_grad and p.dtype == torch.float32:   # a weight shared by two layers is cast once
+                            saved.append((p, p.data.cpu()))    # the original waits in host memory (no copy if it is there)
+                            p.data = p.data.to(dtype)
+        yield len(saved)
+    finally:
+        for p, data in saved: p.data = data.to(p.device)
+
+def input_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype for a module's floating inputs: float32 under autocast (which casts inputs and weights per layer, so the
+    stored weights' dtype — `frozen_weights_in` — changes nothing), else the dtype of its weights (a model loaded in bf16)."""
+    p = next(module.parameters())
+    return torch.float32 if torch.is_autocast_enabled(p.device.type) else p.dtype
+
 # %% ../nbs/00_core.ipynb #751f257b
 def fit(
     model: nn.Module,                   # parameters to train have requires_grad=True
@@ -793,47 +817,49 @@ def fit(
 
     written = []
     bar = progress_bar(total=cfg.max_steps, initial=start, disable=not (cfg.progress and acc.is_main_process), desc=out.name)
-    model.train()
-    for step in range(start, cfg.max_steps):
-        idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed)
-        sums, finite = {}, True
-        for micro in range(accum):
-            lo = (micro * acc.num_processes + acc.process_index) * per
-            mine = idx[lo:lo + per]
-            batch = collate([dataset[i] for i in mine])
-            ctx = StepContext(acc, step, micro, cfg, mine)
-            sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model)
-            with sync:
-                res = step_fn(model, batch, ctx)
-                res = res if isinstance(res, dict) else {"loss": res}
-                loss = res["loss"]
-                finite &= bool(torch.isfinite(loss.detach()).all())
-                acc.backward(loss / accum)
-            for k, v in res.items(): sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach().float().mean()) / accum
-        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf"))
-        finite &= bool(torch.isfinite(torch.as_tensor(grad_norm)).all())
-        bad = acc.reduce(torch.tensor([0.0 if finite else 1.0], device=acc.device), reduction="sum")
-        if bad.item() > 0:
-            bar.close()
-            where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-            raise NonFiniteLossError(f"non-finite loss or gradient at step {step} (loss={sums.get('loss')}, grad_norm={float(grad_norm)}); "
-                                     f"stopped before the optimizer step; {where}. Lower the learning rate or check the inputs "
-                                     f"of this step (dataset indices {idx[:8]}...).")
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    with frozen_weights_in(low, model):   # what autocast computes, without casting the frozen weights at every call
+        model.train()
+        for step in range(start, cfg.max_steps):
+            idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed)
+            sums, finite = {}, True
+            for micro in range(accum):
+                lo = (micro * acc.num_processes + acc.process_index) * per
+                mine = idx[lo:lo + per]
+                batch = collate([dataset[i] for i in mine])
+                ctx = StepContext(acc, step, micro, cfg, mine)
+                sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model)
+                with sync:
+                    res = step_fn(model, batch, ctx)
+                    res = res if isinstance(res, dict) else {"loss": res}
+                    loss = res["loss"]
+                    finite &= bool(torch.isfinite(loss.detach()).all())
+                    acc.backward(loss / accum)
+                for k, v in res.items(): sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach().float().mean()) / accum
+            grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf"))
+            finite &= bool(torch.isfinite(torch.as_tensor(grad_norm)).all())
+            bad = acc.reduce(torch.tensor([0.0 if finite else 1.0], device=acc.device), reduction="sum")
+            if bad.item() > 0:
+                bar.close()
+                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise NonFiniteLossError(f"non-finite loss or gradient at step {step} (loss={sums.get('loss')}, grad_norm={float(grad_norm)}); "
+                                         f"stopped before the optimizer step; {where}. Lower the learning rate or check the inputs "
+                                         f"of this step (dataset indices {idx[:8]}...).")
+            opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
 
-        logged = {k: torch.tensor([v], device=acc.device) for k, v in sums.items()}
-        row = {k: acc.reduce(v, reduction="mean").item() for k, v in logged.items()}
-        row.update(lr=sched.get_last_lr()[0], grad_norm=float(grad_norm))
-        if acc.is_main_process:
-            with open(metrics_path, "a", newline="") as f:
-                csv.writer(f).writerows([(step + 1, k, repr(v)) for k, v in row.items()])
-            written += [(step + 1, k, v) for k, v in row.items()]
-        if cfg.log_with: acc.log(row, step=step + 1)
-        bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False); bar.update(1)   # update() redraws at tqdm's pace
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            last_ckpt = _save_checkpoint(acc, model, opt, sched, done, cfg)
-    bar.close()
+            logged = {k: torch.tensor([v], device=acc.device) for k, v in sums.items()}
+            row = {k: acc.reduce(v, reduction="mean").item() for k, v in logged.items()}
+            row.update(lr=sched.get_last_lr()[0], grad_norm=float(grad_norm))
+            if acc.is_main_process:
+                with open(metrics_path, "a", newline="") as f:
+                    csv.writer(f).writerows([(step + 1, k, repr(v)) for k, v in row.items()])
+                written += [(step + 1, k, v) for k, v in row.items()]
+            if cfg.log_with: acc.log(row, step=step + 1)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False); bar.update(1)   # update() redraws at tqdm's pace
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+                last_ckpt = _save_checkpoint(acc, model, opt, sched, done, cfg)
+        bar.close()
     if cfg.log_with: acc.end_training()
     return TrainResult(max(start, cfg.max_steps), out, last_ckpt, written)
 

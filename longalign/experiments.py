@@ -204,7 +204,7 @@ def toy_rft(
         for f in ("metrics.csv", "eval.jsonl"): shutil.copy(work / f, folder / f)
         if (work / "samples").exists(): shutil.copytree(work / "samples", folder / "samples")   # validation grids
         return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps}
-    key = {"rft": asdict(cfg), "n_prompts": n_prompts, "n_eval": n_eval, "eval_steps": eval_steps, "sft": sft.parent.name,
+    key = {"rft": cfg.key(), "n_prompts": n_prompts, "n_eval": n_eval, "eval_steps": eval_steps, "sft": sft.parent.name,
            "denscore": asdict(denscore_cfg) if denscore_cfg else "default"}
     if reward != "denscore": key["reward"] = reward
     return cached_build(f"rft_omega{omega:g}" if reward == "denscore" else f"rft_{reward}_omega{omega:g}", key, build, zoo.cache_dir)

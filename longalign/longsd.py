@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import (MODEL_SOURCES, TextAdapter, TrainConfig, fit, get_preset, list_checkpoints, process_state, quiet_loading, clip_tokenizer,
+from .core import (MODEL_SOURCES, TextAdapter, TrainConfig, fit, get_preset, input_dtype, list_checkpoints, process_state, quiet_loading, clip_tokenizer,
                             sd_pipeline, sample, train_t5_tokenizer, world_models)
 from .encoding import LongPromptEncoder, encoder_from_preset, load_pipeline
 
@@ -126,8 +126,9 @@ def added_cond_kwargs(unet, pooled: torch.Tensor | None, side: int) -> dict | No
     at `side` (the SFT images are centre-cropped and resized to it). None for a UNet without them (SD-1.5)."""
     if getattr(unet.config, "addition_embed_type", None) != "text_time": return None
     if pooled is None: raise ValueError("this UNet (SDXL) needs pooled text embeddings: encode with both text towers")
-    ids = torch.tensor([side, side, 0, 0, side, side], dtype=unet.dtype, device=pooled.device).expand(len(pooled), 6)
-    return {"text_embeds": pooled.to(unet.dtype), "time_ids": ids}
+    dtype = input_dtype(unet)
+    ids = torch.tensor([side, side, 0, 0, side, side], dtype=dtype, device=pooled.device).expand(len(pooled), 6)
+    return {"text_embeds": pooled.to(dtype), "time_ids": ids}
 
 
 # %% ../nbs/03a_longsd.ipynb #ba50e19b

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import MODEL_SOURCES, TrainConfig, clip_tokenizer, get_preset, load_role, parse_overrides, quiet_loading, read_prompts, run_record
+from .core import MODEL_SOURCES, TrainConfig, clip_tokenizer, get_preset, input_dtype, load_role, parse_overrides, quiet_loading, read_prompts, run_record
 from .encoding import LongPromptEncoder
 from .decomposition import batch_common_direction, common_direction, decompose
 from .preference import PreferenceModel, open_clip_preference
@@ -45,7 +45,7 @@ def guided_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tenso
     `added_uncond`: SDXL's added conditioning of each branch (`longsd.added_cond_kwargs`)."""
     if uncond is None: return unet(x, t, cond, added_cond_kwargs=added).sample
     both = None if added is None else {k: torch.cat([added_uncond[k], added[k]]) for k in added}
-    e_u, e_c = unet(torch.cat([x, x]), t, torch.cat([uncond, cond]).to(unet.dtype), added_cond_kwargs=both).sample.chunk(2)
+    e_u, e_c = unet(torch.cat([x, x]), t, torch.cat([uncond, cond]).to(input_dtype(unet)), added_cond_kwargs=both).sample.chunk(2)
     return e_u + guidance * (e_c - e_u)
 
 def drtune_sample(
@@ -183,7 +183,7 @@ class LongSDReward(nn.Module):
         """`(prompt_embeds, pooled)` of the captions through the frozen long-prompt encoder (the batch as one call: see
         below); pooled (SDXL's `pooled_prompt_embeds`) is None with one text tower."""
         e = self.encoder.encode(list(captions))
-        to = lambda x: None if x is None else x.to(self.unet.device, self.unet.dtype)
+        to = lambda x: None if x is None else x.to(self.unet.device, input_dtype(self.unet))
         return to(e.prompt_embeds), to(e.pooled_prompt_embeds)
 
     def embeds(self, captions: list) -> torch.Tensor:
@@ -207,10 +207,10 @@ class LongSDReward(nn.Module):
         side = c.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
         added = added_cond_kwargs(self.unet, pooled, side)
         added_uncond = added_cond_kwargs(self.unet, u_pooled.expand(n, -1), side) if added and uncond is not None else None
-        latents = torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=generator).to(self.unet.device, self.unet.dtype)
+        latents = torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=generator).to(self.unet.device, input_dtype(self.unet))
         x0 = drtune_sample(self.unet, self.scheduler, latents, cond, uncond, self.steps, self.grad_steps, self.guidance,
                            self.stop_grad, self.checkpoint, generator=generator, added=added, added_uncond=added_uncond)
-        img = self.vae.decode(x0.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        img = self.vae.decode((x0 / self.vae.config.scaling_factor).to(input_dtype(self.vae))).sample
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
     def forward(self, captions: list, generator: torch.Generator | None = None, accelerator=None) -> dict:
@@ -238,6 +238,8 @@ class RFTConfig:
     grad_steps: int = 1           # K
     guidance: float = 5.0
     stop_grad: bool = True
+    grad_checkpointing: bool = True   # recompute the K UNet calls in the backward pass instead of keeping their activations
+    compile_backend: str | None = None  # torch.compile the UNet with this backend ('inductor'); compiling costs the first steps
     rank: int | None = None       # None: the preset's (32)
     lora_dropout: float = 0.1
     mixed_precision: str = "no"
@@ -247,6 +249,11 @@ class RFTConfig:
     def __post_init__(self):
         check_omega(self.omega, self.allow_extrapolation)
         grad_step_indices(self.sampler_steps, self.grad_steps)
+
+    def key(self) -> dict:
+        """The fields that define a run: not `grad_checkpointing` (it changes memory, not one number of the run: tested
+        below), and `compile_backend` only when set (added later: cached runs keep their keys)."""
+        return {k: v for k, v in asdict(self).items() if k != "grad_checkpointing" and not (k == "compile_backend" and v is None)}
 
     @classmethod
     def for_preset(cls, preset="toy", **kw) -> "RFTConfig":
@@ -259,7 +266,7 @@ class RFTConfig:
                         per_device_batch=8 if name == "sd15" else 2)
         elif name in ("sd15-arch", "sdxl-arch"):
             base = dict(steps=1, batch_size=1, lr=3e-5, warmup_steps=0, sampler_steps=2, grad_steps=1, checkpoint_every=1)
-        else: base = {}
+        else: base = dict(grad_checkpointing=False)   # toy: memory is no concern, and recomputing made the step 1.8x slower (bench/train_steps.py)
         return cls(**{**base, **kw})
 
 def prompt_data(source) -> list[str]:
@@ -294,9 +301,10 @@ def train_rft(
     V = V_data if V is None else V
     reward = PreferenceReward(reward_model, cfg.omega, V, cfg.kind, cfg.direction, cfg.allow_extrapolation)
     targets = add_unet_lora(pipe.unet, preset, cfg.rank, cfg.lora_dropout, cfg.seed)
-    model = LongSDReward(pipe, enc, reward, cfg.sampler_steps, cfg.grad_steps, cfg.guidance, cfg.stop_grad)
+    model = LongSDReward(pipe, enc, reward, cfg.sampler_steps, cfg.grad_steps, cfg.guidance, cfg.stop_grad, cfg.grad_checkpointing)
+    if cfg.compile_backend: pipe.unet.compile(backend=cfg.compile_backend)
     out = Path(output_dir)
-    record = run_record(preset, overrides, rft=asdict(cfg), encoding=enc.config(), lora_modules=len(targets),
+    record = run_record(preset, overrides, rft=cfg.key(), encoding=enc.config(), lora_modules=len(targets),
                         sft_lora=str(sft_lora) if sft_lora else None, prompts=len(prompts))
 
     def step(m, batch, ctx):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TrainConfig, get_preset, image_from_bytes, progress_bar, run_record
+from .core import TrainConfig, get_preset, image_from_bytes, input_dtype, progress_bar, run_record
 from .encoding import LongPromptEncoder
 from .longsd import add_unet_lora, added_cond_kwargs, fit_with_evals, load_long_sd, save_long_sd
 
@@ -100,7 +100,7 @@ class LongSD(nn.Module):
         random state, without running the frozen VAE and text encoders."""
         if latent_mean is None:
             with torch.no_grad():
-                dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist
+                dist = self.vae.encode(pixels.to(self.vae.device, input_dtype(self.vae)) * 2 - 1).latent_dist
             latent_mean, latent_std = dist.mean, dist.std
         elif self.latent_format == "channels_last":   # the layout the VAE gave them: the noise below is drawn in layout order
             latent_mean, latent_std = (x.contiguous(memory_format=torch.channels_last) for x in (latent_mean, latent_std))
@@ -119,7 +119,7 @@ class LongSD(nn.Module):
         noisy = self.noise_scheduler.add_noise(z, noise, t)
         if self.channels_last: noisy = noisy.contiguous(memory_format=torch.channels_last)
         side = z.shape[-1] * 2 ** (len(self.vae.config.block_out_channels) - 1)     # the images' side in pixels
-        pred = self.unet(noisy, t, cond.to(self.unet.dtype), added_cond_kwargs=added_cond_kwargs(self.unet, pooled, side)).sample
+        pred = self.unet(noisy, t, cond.to(input_dtype(self.unet)), added_cond_kwargs=added_cond_kwargs(self.unet, pooled, side)).sample
         return F.mse_loss(pred.float(), noise.float())
 
     def use_cache(self, data: "CachedSFTData") -> "LongSD":
@@ -257,12 +257,13 @@ class SFTConfig:
     mixed_precision: str = "no"
     checkpoint_every: int = 100
     seed: int = 0
-    channels_last: bool = False   # the UNet and its inputs in channels-last memory (bench/sft_speedups.py measures it)
+    channels_last: bool = False   # the UNet and its inputs in channels-last memory (bench/train_steps.py measures it)
     fused_optimizer: bool = False # AdamW's fused kernel
+    compile_backend: str | None = None  # torch.compile the UNet with this backend ('inductor'); compiling costs the first steps
 
     def key(self) -> dict:
         "The fields that define a run, those added later left out at their defaults (cached runs keep their keys)."
-        return {k: v for k, v in asdict(self).items() if not (k in ("channels_last", "fused_optimizer") and not v)}
+        return {k: v for k, v in asdict(self).items() if not (k in ("channels_last", "fused_optimizer", "compile_backend") and not v)}
 
     @classmethod
     def for_preset(cls, preset="toy", **kw) -> "SFTConfig":
@@ -298,6 +299,7 @@ def train_sft(
                              f"({cfg.encoders}): cache them again with cache_sft_features")
         model.use_cache(data)
     if cfg.channels_last: pipe.unet.to(memory_format=torch.channels_last); model.channels_last = True
+    if cfg.compile_backend: pipe.unet.compile(backend=cfg.compile_backend)
     tc = TrainConfig(output_dir=str(output_dir), max_steps=cfg.steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                      per_device_batch=cfg.per_device_batch, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
                      mixed_precision=cfg.mixed_precision, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,

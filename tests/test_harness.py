@@ -72,3 +72,26 @@ def test_two_processes_match_one(tmp_path):
     torch.manual_seed(1)
     init = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).state_dict()
     assert max((w1[k] - init[k]).abs().max().item() for k in w1) > 1e-2
+
+BF16_JOB = """
+import tempfile, torch
+from torch import nn
+from longalign.core import TrainConfig, fit
+frozen, seen = nn.Linear(4, 4).requires_grad_(False), []
+model = nn.Sequential(frozen, nn.Linear(4, 2)); before = frozen.weight.detach().clone()
+g = torch.Generator().manual_seed(0)
+data = [{"x": torch.randn(4, generator=g), "y": torch.randn(2, generator=g)} for _ in range(16)]
+def step(m, b, ctx):
+    seen.append(frozen.weight.dtype)
+    return ((m(b["x"]) - b["y"]) ** 2).mean()
+with tempfile.TemporaryDirectory() as d:
+    fit(model, data, step, TrainConfig(output_dir=d, max_steps=2, batch_size=8, mixed_precision="bf16", progress=False, cpu=True))
+assert seen == [torch.bfloat16] * 2, seen
+assert frozen.weight.dtype == torch.float32 and torch.equal(frozen.weight, before)
+print("ok")
+"""
+
+def test_mixed_precision_fit_stores_frozen_weights_low_and_restores_them():
+    "Under mixed_precision='bf16' the frozen linear layer is bf16 during the steps and its fp32 weights come back bit for bit."
+    r = subprocess.run([sys.executable, "-c", BF16_JOB], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
