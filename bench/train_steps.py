@@ -124,7 +124,7 @@ def write(rows, meta, out):
         dev = f"{r['device']}{' bf16' if r['bf16'] else ''}"
         if r.get("oom"):
             lines.append(f"| {label} | {r['preset']} | {r['step']} | {r['batch']} | {r['resolution']} | {dev} | out of memory | | | |"); continue
-        base = first.setdefault((r["stage"], r.get("encoders"), r["preset"]), r["seconds_per_step"])
+        base = first.setdefault((r["stage"], r.get("encoders", "clip-cat"), r["preset"]), r["seconds_per_step"])
         comp = f" (compiling: {r['compile_seconds']} s)" if r.get("compile_seconds") is not None else ""
         lines.append(f"| {label} | {r['preset']} | {r['step']}{comp} | {r['batch']} | {r['resolution']} | {dev} | {r['seconds_per_step']} | "
                      f"{r['seconds_per_image']} | {round(base / r['seconds_per_step'], 2)}× | {r['peak_mib']} |")
