@@ -21,7 +21,7 @@ Writes bench/results/train_steps.json and .md (or `--out`), row by row.
 
     python bench/train_steps.py [--steps 3] [--device cpu|cuda] [--resolution 32] [--bf16] [--stages sft,rft]
 """
-import argparse, json, multiprocessing as mp, platform, resource, tempfile, time
+import argparse, json, multiprocessing as mp, platform, resource, shlex, tempfile, time
 from pathlib import Path
 
 SFT = ["today", "cached", "bf16 frozen", "channels-last", "fused AdamW", "compiled"]
@@ -124,7 +124,8 @@ def write(rows, meta, out):
         dev = f"{r['device']}{' bf16' if r['bf16'] else ''}"
         if r.get("oom"):
             lines.append(f"| {label} | {r['preset']} | {r['step']} | {r['batch']} | {r['resolution']} | {dev} | out of memory | | | |"); continue
-        base = first.setdefault((r["stage"], r.get("encoders", "clip-cat"), r["preset"]), r["seconds_per_step"])
+        setting = tuple(r.get(k) for k in ("stage", "preset", "batch", "resolution", "device", "bf16", "sampler"))
+        base = first.setdefault((*setting, r.get("encoders", "clip-cat")), r["seconds_per_step"])
         comp = f" (compiling: {r['compile_seconds']} s)" if r.get("compile_seconds") is not None else ""
         lines.append(f"| {label} | {r['preset']} | {r['step']}{comp} | {r['batch']} | {r['resolution']} | {dev} | {r['seconds_per_step']} | "
                      f"{r['seconds_per_image']} | {round(base / r['seconds_per_step'], 2)}× | {r['peak_mib']} |")
@@ -141,7 +142,7 @@ def write(rows, meta, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--resolution", type=int, default=0, help="sd15-arch image side (0: the preset's 32 px)")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--presets", default="toy,sd15-arch")
@@ -158,10 +159,12 @@ def main():
     fresh = (a.fresh or ("yes" if a.device == "cpu" else "no")) == "yes"
     sb, rb = map(int, a.batches.split(",")) if a.batches else (2, 1)
     batches = {"toy": {"sft": 32, "rft": 8}, "sd15-arch": {"sft": sb, "rft": rb}}
-    skip = set(filter(None, a.skip.split(",")))
+    skip, only = set(filter(None, a.skip.split(","))), set(filter(None, a.only.split(",")))
+    unknown = (skip | only) - set(SFT) - set(RFT)
+    if unknown: ap.error(f"--skip/--only: unknown rows {sorted(unknown)}; the rows are {SFT} (SFT) and {RFT} (RFT)")
     defaults = dict(steps=3, device="cpu", resolution=0, bf16=False, presets="toy,sd15-arch", stages="sft,rft", skip="", only="", encoders="clip-cat", append=False, sampler="", batches="", fresh=None)
     meta = {"machine": platform.processor() or platform.machine(), "device": a.device, "steps": a.steps, "fresh": fresh, "command": "python bench/train_steps.py " +
-            " ".join(f"--{k}" if v is True else f"--{k} {v}" for k, v in vars(a).items() if k not in ("out", "append") and v != defaults.get(k))}
+            " ".join(f"--{k}" if v is True else f"--{k} {shlex.quote(str(v))}" for k, v in vars(a).items() if k not in ("out", "append") and v != defaults.get(k))}
     rows, ctx = [], mp.get_context("spawn")
     if a.append and Path(a.out).with_suffix(".json").exists():
         old = json.loads(Path(a.out).with_suffix(".json").read_text())
@@ -169,8 +172,8 @@ def main():
     for preset in a.presets.split(","):
         for stage in a.stages.split(","):
             ladder = [n for n in (SFT if stage == "sft" else RFT) if n not in skip and (a.bf16 or n != "bf16 frozen")]
-            timed = [n for n in ladder if not a.only or n in a.only.split(",")]
-            for group in ([[n] for n in timed] if fresh else [timed]):
+            timed = [n for n in ladder if not only or n in only]
+            for group in ([[n] for n in timed] if fresh else [timed] if timed else []):
                 q = ctx.Queue()
                 p = ctx.Process(target=one, args=(stage, preset, batches[preset][stage], a, ladder, group, q))
                 p.start()

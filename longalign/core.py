@@ -33,7 +33,8 @@ __all__ = ['DIFFUSION_ROLES', 'ROLES', 'PRESETS', 'MODEL_SOURCES', 'CLIP_MEAN', 
            'sample', 'FeatureStats', 'frechet_distance', 'fid_from_features', 'mean_pairwise_distance',
            'retrieval_recall', 'TrainConfig', 'batch_indices', 'StepContext', 'NonFiniteLossError', 'TrainResult',
            'trainable_state_dict', 'list_checkpoints', 'progress_stream', 'progress_bar', 'progress_note',
-           'frozen_weights_in', 'input_dtype', 'fit', 'read_prompts', 'process_state', 'free_port', 'launch']
+           'frozen_weights_in', 'check_compile_backend', 'input_dtype', 'fit', 'read_prompts', 'process_state',
+           'free_port', 'launch']
 
 # %% ../nbs/00_core.ipynb #06c8c900
 @dataclass(frozen=True)
@@ -747,7 +748,9 @@ def progress_note(message: str):
 # %% ../nbs/00_core.ipynb #c7cdf16d
 @contextlib.contextmanager
 def frozen_weights_in(dtype: torch.dtype | None, *modules: nn.Module):
-    "Within the block, the frozen fp32 weights of `modules`' linear and convolution layers are stored in `dtype`; restored on exit."
+    """Within the block, the frozen fp32 weights of `modules`' linear and convolution layers are stored in `dtype`; restored
+    on exit. Exact under autocast as long as those weights are used only by these layers (not tied to an embedding); the
+    fp32 originals wait in host memory meanwhile (≈ 8 GB for SD-1.5's UNet, VAE, CLIP-L and a CLIP-H reward, per process)."""
     saved = []
     try:
         if dtype not in (None, torch.float32):
@@ -760,7 +763,17 @@ def frozen_weights_in(dtype: torch.dtype | None, *modules: nn.Module):
                             p.data = p.data.to(dtype)
         yield len(saved)
     finally:
-        for p, data in saved: p.data = data.to(p.device)
+        failed = []
+        for p, data in saved:                  # every weight is put back even if one of them fails
+            try: p.data = data.to(p.device)
+            except Exception as e: failed.append(e)
+        if failed: raise RuntimeError(f"{len(failed)} of {len(saved)} frozen weights could not be restored to fp32") from failed[0]
+
+def check_compile_backend(name: str | None):
+    "A `compile_backend` setting: None, or one of `torch.compiler.list_backends()` ('inductor', ...)."
+    if name is not None and name not in torch.compiler.list_backends(exclude_tags=()):
+        raise ValueError(f"compile_backend={name!r} is not a torch.compile backend: use None (no compiling) or one of "
+                         f"{sorted(torch.compiler.list_backends(exclude_tags=()))}")
 
 def input_dtype(module: nn.Module) -> torch.dtype:
     """The dtype for a module's floating inputs: float32 under autocast (which casts inputs and weights per layer, so the
@@ -779,7 +792,9 @@ def fit(
     resume: bool = True,                # continue from the newest checkpoint in output_dir if there is one
     optimizer: torch.optim.Optimizer | None = None,  # default: AdamW(lr, weight_decay) over the trainable parameters
 ) -> TrainResult:
-    "Train `model` with `step_fn` for `config.max_steps` optimizer steps: the one loop behind every stage."
+    """Train `model` with `step_fn` for `config.max_steps` optimizer steps: the one loop behind every stage. Under mixed
+    precision the frozen linear/conv weights of `model` are stored in low precision while it runs (`frozen_weights_in`):
+    `step_fn` should reach the frozen parts through `model(...)`, which runs under autocast."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import MODEL_SOURCES, TrainConfig, clip_tokenizer, get_preset, input_dtype, load_role, parse_overrides, quiet_loading, read_prompts, run_record
+from .core import MODEL_SOURCES, TrainConfig, check_compile_backend, clip_tokenizer, get_preset, input_dtype, load_role, parse_overrides, quiet_loading, read_prompts, run_record
 from .encoding import LongPromptEncoder
 from .decomposition import batch_common_direction, common_direction, decompose
 from .preference import PreferenceModel, open_clip_preference
@@ -249,6 +249,7 @@ class RFTConfig:
     def __post_init__(self):
         check_omega(self.omega, self.allow_extrapolation)
         grad_step_indices(self.sampler_steps, self.grad_steps)
+        check_compile_backend(self.compile_backend)
 
     def key(self) -> dict:
         """The fields that define a run: not `grad_checkpointing` (it changes memory, not one number of the run: tested

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import TrainConfig, get_preset, image_from_bytes, input_dtype, progress_bar, run_record
+from .core import TrainConfig, check_compile_backend, get_preset, image_from_bytes, input_dtype, progress_bar, run_record
 from .encoding import LongPromptEncoder
 from .longsd import add_unet_lora, added_cond_kwargs, fit_with_evals, load_long_sd, save_long_sd
 
@@ -260,6 +260,8 @@ class SFTConfig:
     channels_last: bool = False   # the UNet and its inputs in channels-last memory (bench/train_steps.py measures it)
     fused_optimizer: bool = False # AdamW's fused kernel
     compile_backend: str | None = None  # torch.compile the UNet with this backend ('inductor'); compiling costs the first steps
+
+    def __post_init__(self): check_compile_backend(self.compile_backend)
 
     def key(self) -> dict:
         "The fields that define a run, those added later left out at their defaults (cached runs keep their keys)."
