@@ -153,7 +153,6 @@ def main():
     ap.add_argument("--sampler", default="", help="RFT sampler 'N,K' (default: the preset's; the paper's is 50,5)")
     ap.add_argument("--batches", default="", help="'sft,rft' batch sizes for sd15-arch (default 2,1)")
     ap.add_argument("--fresh", default=None, choices=["yes", "no"], help="a process per row (default: yes on the CPU, no on a GPU)")
-    ap.add_argument("--append", action="store_true", help="add the rows to those already in --out (one table from several commands)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_steps"))
     a = ap.parse_args()
     fresh = (a.fresh or ("yes" if a.device == "cpu" else "no")) == "yes"
@@ -162,13 +161,10 @@ def main():
     skip, only = set(filter(None, a.skip.split(","))), set(filter(None, a.only.split(",")))
     unknown = (skip | only) - set(SFT) - set(RFT)
     if unknown: ap.error(f"--skip/--only: unknown rows {sorted(unknown)}; the rows are {SFT} (SFT) and {RFT} (RFT)")
-    defaults = dict(steps=3, device="cpu", resolution=0, bf16=False, presets="toy,sd15-arch", stages="sft,rft", skip="", only="", encoders="clip-cat", append=False, sampler="", batches="", fresh=None)
+    defaults = dict(steps=3, device="cpu", resolution=0, bf16=False, presets="toy,sd15-arch", stages="sft,rft", skip="", only="", encoders="clip-cat", sampler="", batches="", fresh=None)
     meta = {"machine": platform.processor() or platform.machine(), "device": a.device, "steps": a.steps, "fresh": fresh, "command": "python bench/train_steps.py " +
-            " ".join(f"--{k}" if v is True else f"--{k} {shlex.quote(str(v))}" for k, v in vars(a).items() if k not in ("out", "append") and v != defaults.get(k))}
+            " ".join(f"--{k}" if v is True else f"--{k} {shlex.quote(str(v))}" for k, v in vars(a).items() if k != "out" and v != defaults.get(k))}
     rows, ctx = [], mp.get_context("spawn")
-    if a.append and Path(a.out).with_suffix(".json").exists():
-        old = json.loads(Path(a.out).with_suffix(".json").read_text())
-        rows, meta["command"] = old["rows"], old["meta"]["command"] + "`, then `" + meta["command"]
     for preset in a.presets.split(","):
         for stage in a.stages.split(","):
             ladder = [n for n in (SFT if stage == "sft" else RFT) if n not in skip and (a.bf16 or n != "bf16 frozen")]
