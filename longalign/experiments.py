@@ -12,7 +12,7 @@ import torch
 
 from .core import fid_from_features, get_preset, mean_pairwise_distance
 from .toyworld import (Zoo, ZooConfig, background_distance, build_zoo, cache_root, cached_build, caption_bootstrap,
-                                config_hash, hits_by_cut, long_caption, long_caption_dataset, preference_dataset, render, scenes,
+                                config_hash, hits_by_cut, long_caption, long_caption_dataset, preference_dataset, PreferenceConfig, render, scenes,
                                 toy_image_features)
 from .preference import PreferenceModel, PreferenceTrainConfig, train_preference_model
 from .longsd import sample_long
@@ -74,9 +74,11 @@ def toy_preference_model(
     train = asdict(cfg)
     for field, default in (("lr_scheduler", "cosine"), ("per_device_batch", None), ("prompt_weighting", False)):
         if train[field] == default: del train[field]   # defaults: keys stay those of models cached before the field
-    key = {"train": train, "n_pairs": n_pairs, "clip": zoo.path("clip").parent.name}
+    key = {"train": train, "n_pairs": n_pairs, "pairs": asdict(PreferenceConfig()), "clip": zoo.path("clip").parent.name}
     entry = cached_build(f"pref_{kind}", key, build, zoo.cache_dir)
-    return PreferenceModel(CLIPModel.from_pretrained(entry / "model"), CLIPTokenizer.from_pretrained(entry / "model")).eval()
+    pm = PreferenceModel(CLIPModel.from_pretrained(entry / "model"), CLIPTokenizer.from_pretrained(entry / "model")).eval()
+    pm.cache_entry = entry.name     # what the keys of runs scored or rewarded by it name
+    return pm
 
 def toy_preference_configs(smoke: bool = False) -> tuple:
     "`({kind: PreferenceTrainConfig}, n_pairs)` of the toy preference models analysed here: 02's defaults (or its smoke sizes), so 02's cached models are reused."
@@ -98,7 +100,6 @@ def toy_sft(
     n_eval: int | None = None,        # held-out captions per evaluation (0: no evaluations); None: 100 (smoke zoo: 2)
     eval_steps: list | None = None,   # default: 0, a third, two thirds and the end of the run
     zoo=None,
-    denscore_cfg=None,                # the evaluations' toy Denscore (`PreferenceTrainConfig`; default: its toy default)
     progress: bool = True,
 ) -> Path:
     "The toy longSD(S) weights folder (`save_long_sd` layout; metrics.csv and eval.jsonl beside it), trained once and cached."
@@ -112,15 +113,15 @@ def toy_sft(
         import shutil
         t0 = time.time()
         data = image_caption_data(long_caption_dataset(n_train, seed=cfg.seed + 7), get_preset("toy").resolution)
-        evaluate = toy_evaluator(zoo, toy_preference_model("seg-o", denscore_cfg, zoo=zoo, progress=progress), n=n_eval) if n_eval else None
+        evaluate = toy_evaluator(zoo, n=n_eval) if n_eval else None     # the oracle, FID, diversity: no preference model
         lora = train_sft(work, data, cfg, "toy", zoo, eval_steps=eval_steps, evaluate=evaluate, progress=progress, cpu=True)
         shutil.copytree(lora, folder / "lora")
         for f in ("metrics.csv", "eval.jsonl"):
             if (work / f).exists(): shutil.copy(work / f, folder / f)
         if (work / "samples").exists(): shutil.copytree(work / "samples", folder / "samples")
         return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps, "pairs": n_train}
-    key = {"sft": cfg.key(), "n_train": n_train, "n_eval": n_eval, "eval_steps": eval_steps,
-           "denscore": asdict(denscore_cfg) if denscore_cfg else "default",
+    # "denscore": the shipped runs were keyed when their evaluations also scored the toy Denscore; kept so that they resolve
+    key = {"sft": cfg.key(), "n_train": n_train, "n_eval": n_eval, "eval_steps": eval_steps, "denscore": "default",
            "unet": zoo.path("unet").parent.name, "t5_adapter": zoo.path("t5_adapter").parent.name}
     return cached_build(f"sft_{encoders}", key, build, zoo.cache_dir) / "lora"
 
@@ -192,7 +193,7 @@ def toy_rft(
     other = TOY_REWARDS[reward]               # Fig. 6's other rewards train at the size the Denscore was given (smoke sizes too)
     other_cfg = replace(denscore_cfg, loss=other) if denscore_cfg is not None and other != "clip" else None
     model = denscore if reward == "denscore" else toy_preference_model(other, other_cfg, zoo=zoo, progress=progress)
-    sft = toy_sft(cfg.encoders, sft_cfg, zoo=zoo, denscore_cfg=denscore_cfg, progress=progress)
+    sft = toy_sft(cfg.encoders, sft_cfg, zoo=zoo, progress=progress)
     prompts = toy_prompts(n_prompts, cfg.seed)
     V = dataset_direction(denscore, prompts)               # the evaluation's Denscore-O and C_X·V
     def build(folder: Path, work: Path):
@@ -205,8 +206,8 @@ def toy_rft(
         if (work / "samples").exists(): shutil.copytree(work / "samples", folder / "samples")   # validation grids
         return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps}
     key = {"rft": cfg.key(), "n_prompts": n_prompts, "n_eval": n_eval, "eval_steps": eval_steps, "sft": sft.parent.name,
-           "denscore": asdict(denscore_cfg) if denscore_cfg else "default"}
-    if reward != "denscore": key["reward"] = reward
+           "denscore": denscore.cache_entry}        # the cache entry (its key's hash): any change to the toy Denscore retrains
+    if reward != "denscore": key["reward"] = getattr(model, "cache_entry", reward)
     return cached_build(f"rft_omega{omega:g}" if reward == "denscore" else f"rft_{reward}_omega{omega:g}", key, build, zoo.cache_dir)
 
 #: The toy world's reward models for Fig. 6: name -> `toy_preference_model` kind.
@@ -217,7 +218,7 @@ TOY_REWARDS = {"denscore": "seg-o", "pickscore": "single", "clip": "clip"}
 def toy_models(zoo=None, denscore_cfg=None, sft_cfg=None, rft_cfg: dict | None = None, n_prompts: int = 1000, n_eval: int = 64) -> dict:
     "name -> `sample_folder` keyword arguments for the toy world's base, longSD(S) and longSD(S+R) (ω = 0.3 and 1)."
     enc = RFTConfig.for_preset("toy").encoders
-    sft = toy_sft(enc, sft_cfg, zoo=zoo, denscore_cfg=denscore_cfg)
+    sft = toy_sft(enc, sft_cfg, zoo=zoo)
     out = {"SD (77 tokens)": dict(encoders=None), "longSD(S)": dict(encoders=enc, lora=(sft,))}
     for w in (0.3, 1.0):
         cfg = RFTConfig.for_preset("toy", omega=w, **(rft_cfg or {}))
@@ -233,6 +234,7 @@ def toy_eval_folder(
 ) -> Path:
     "A cached folder with the model's images for `captions`, `eval/samples.jsonl` and `eval/summary.csv`."
     zoo = zoo or build_zoo(ZooConfig())
+    world = ToyWorld(zoo, denscore_cfg, progress)
     def build(folder: Path, work: Path):
         t0 = time.time()
         rows = [{"id": f"{i:05d}", "caption": c} for i, c in enumerate(captions)]
@@ -242,11 +244,11 @@ def toy_eval_folder(
             ref = work / "reference"; ref.mkdir(parents=True, exist_ok=True)
             for i, s in enumerate(reference_scenes): _to_pil(render(s)).save(ref / f"{i:05d}.png")
         evaluate_folder(folder / "images", out_dir=folder / "eval", method=name, preset="toy", reference=ref,
-                        zoo=ToyWorld(zoo, denscore_cfg, progress), progress=progress)
+                        zoo=world, progress=progress)
         return {"seconds": round(time.time() - t0, 1)}
     key = {"model": name, "encoders": spec.get("encoders"), "lora": [Path(p).parent.name + "/" + Path(p).name for p in spec.get("lora", ())],
            "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16], "steps": steps, "fid": reference_scenes is not None,
-           "denscore": str(denscore_cfg)}
+           "rewards": [world.load(r).cache_entry for r in ("denscore", "pickscore")]}   # the preference models that score it
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return cached_build(f"eval_{slug}", key, build, zoo.cache_dir)
 

@@ -563,7 +563,7 @@ def long_caption_dataset(
 @dataclass(frozen=True)
 class PreferenceConfig:
     "How preference pairs are made and labelled: u = relevant_weight·r + irrelevant_weight·v + noise·N(0, 1)."
-    relevant_weight: float = 1.0     # weight of the text-relevant part r (fraction of facts shown)
+    relevant_weight: float = 2.0     # weight of the text-relevant part r (fraction of facts shown); 1.0: 03's Denscore lost retrieval
     irrelevant_weight: float = 0.5   # weight of the text-irrelevant part v (background vividness)
     noise: float = 0.05              # annotator noise (std of ε)
     tie_margin: float = 0.02         # |u_0 - u_1| below this is labelled a tie (0.5 / 0.5)
