@@ -88,7 +88,7 @@ def toy_preference_configs(smoke: bool = False) -> tuple:
 def retrieval_table_settings(n_retrieval: int, gallery: int, seed: int, smoke: bool = False) -> dict:
     "Every setting besides the zoo that changes Tables 1 and 4: the key they are recorded under (07 reads them back by it)."
     cfgs, n_pairs = toy_preference_configs(smoke)
-    return {"n_retrieval": n_retrieval, "gallery": gallery, "seed": seed, "n_pairs": n_pairs,
+    return {"n_retrieval": n_retrieval, "gallery": gallery, "seed": seed, "n_pairs": n_pairs, "pairs": asdict(PreferenceConfig()),
             "models": {k: asdict(c) for k, c in cfgs.items()}, "random_clip_seed": 0}
 
 
@@ -248,7 +248,7 @@ def toy_eval_folder(
         return {"seconds": round(time.time() - t0, 1)}
     key = {"model": name, "encoders": spec.get("encoders"), "lora": [Path(p).parent.name + "/" + Path(p).name for p in spec.get("lora", ())],
            "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16], "steps": steps, "fid": reference_scenes is not None,
-           "rewards": [world.load(r).cache_entry for r in ("denscore", "pickscore")]}   # the preference models that score it
+           "denscore": world.load("denscore").cache_entry}   # the preference model that scores it (its cache entry)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return cached_build(f"eval_{slug}", key, build, zoo.cache_dir)
 

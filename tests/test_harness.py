@@ -81,6 +81,8 @@ def test_two_processes_match_one_under_bf16(tmp_path):
     r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(JOB), "--out", str(two), "--bf16", "--steps", "10"],
                        env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]          # the job asserts bf16 storage in every step and the fp32 restore
+    import json
+    assert json.loads((two / "checkpoints" / "step-0000010" / "state.json").read_text())["num_processes"] == 2
     w1, w2 = final_weights(one, 10), final_weights(two, 10)
     assert w1.keys() == w2.keys() and not any(k.startswith("0.") for k in w1)   # the frozen layer is not trained
     # bf16 matmuls round per micro-batch shape, so 2 processes (micro-batches of 2) and 1 (of 4) differ by rounding: far less
