@@ -9,11 +9,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .core import fid_from_features, get_preset, mean_pairwise_distance
-from .toyworld import (Zoo, ZooConfig, background_distance, build_zoo, cache_root, cached_build, caption_bootstrap,
+from .toyworld import (Oracle, Zoo, ZooConfig, background_distance, build_zoo, cache_root, cached_build, caption_bootstrap,
                                 config_hash, hits_by_cut, long_caption, long_caption_dataset, preference_dataset, PreferenceConfig, render, scenes,
-                                toy_image_features)
+                                toy_image_features, train_oracle)
 from .preference import PreferenceModel, PreferenceTrainConfig, train_preference_model
 from .longsd import sample_long
 from .sft import SFTConfig, image_caption_data, train_sft
@@ -23,8 +24,8 @@ from .evaluation import (PairwiseJudge, ToyJudgeClient, _to_pil, _zoo_id, evalua
 
 # %% auto #0
 __all__ = ['TOY_REWARDS', 'ToyWorld', 'toy_world', 'toy_preference_model', 'toy_preference_configs', 'retrieval_table_settings',
-           'toy_sft', 'toy_evaluator', 'toy_eval_set', 'evaluate_toy', 'toy_prompts', 'toy_rft', 'toy_models',
-           'toy_eval_folder', 'toy_benchmark', 'record_table', 'read_table']
+           'toy_sft', 'toy_evaluator', 'toy_eval_set', 'evaluate_toy', 'toy_prompt_captions', 'toy_prompts',
+           'OracleReward', 'toy_rft', 'toy_models', 'toy_eval_folder', 'toy_benchmark', 'record_table', 'read_table']
 
 # %% ../nbs/08_experiments.ipynb #85d12ac3
 class ToyWorld(Zoo):
@@ -164,9 +165,29 @@ def evaluate_toy(zoo, images: torch.Tensor, scene_list: list, captions: list, de
 
 
 # %% ../nbs/08_experiments.ipynb #ce9a2641
+def toy_prompt_captions(n: int = 1000, seed: int = 0) -> list:
+    "The `Caption`s (sentences and their facts) of toy training scenes (seeds disjoint from `toy_eval_set`'s held-out scenes)."
+    return [long_caption(s, random.Random(seed * 7919 + 17 + i)) for i, s in enumerate(scenes(n, seed=seed + 99))]
+
 def toy_prompts(n: int = 1000, seed: int = 0) -> list[str]:
-    "Long captions of toy training scenes (seeds disjoint from `toy_eval_set`'s held-out scenes)."
-    return [long_caption(s, random.Random(seed * 7919 + 17 + i)).text for i, s in enumerate(scenes(n, seed=seed + 99))]
+    "The texts of `toy_prompt_captions`: RFT's training prompts."
+    return [c.text for c in toy_prompt_captions(n, seed)]
+
+class OracleReward(nn.Module):
+    """The toy world's ceiling reward: the mean probability, read by an oracle, that an image shows each fact of its
+    caption; differentiable in the images. Pass an oracle trained apart from the one that evaluates (`toy_rft` uses the
+    next seed), so that the run cannot climb the evaluator's own mistakes. It has no text-irrelevant part: ω = 0."""
+    def __init__(self, oracle: Oracle, captions: list):   # the `Caption`s whose texts are the prompts it will score
+        super().__init__()
+        self.oracle, self.reader = oracle, oracle.reader.requires_grad_(False)   # registered: `.to(device)` moves it
+        self.facts = {c.text: c.facts for c in captions}
+
+    def forward(self, images: torch.Tensor, captions: list, accelerator=None) -> dict:
+        unknown = [c for c in captions if c not in self.facts]
+        if unknown: raise KeyError(f"OracleReward knows the facts of {len(self.facts)} captions, not of {unknown[0][:60]!r}…: "
+                                   f"build it with the Captions of the training prompts (toy_prompt_captions)")
+        probs = self.oracle.fact_tensors(images, [self.facts[c] for c in captions], grad=True)
+        return {"score": torch.stack([p.mean() for p in probs])}
 
 def toy_rft(
     omega: float = 0.3,
@@ -178,28 +199,35 @@ def toy_rft(
     denscore_cfg=None,                # the toy Denscore's `PreferenceTrainConfig` (default: its toy default)
     sft_cfg=None,                     # the toy SFT's `SFTConfig` (default: its toy default)
     progress: bool = True,
-    reward: str = "denscore",         # the reward model (Fig. 6): 'denscore', 'pickscore' (Eq. 4 single-value) or 'clip' (the toy CLIP)
+    reward: str = "denscore",         # the reward model (Fig. 6): 'denscore', 'pickscore' (Eq. 4 single-value) or 'clip' (the toy
+                                      # CLIP); 'oracle' (`OracleReward`, ω = 0): what a reward that knows every fact gets
 ) -> Path:
     "A toy RFT run (LoRA, metrics.csv, eval.jsonl, samples/), trained once and cached beside the zoo; evaluated with Denscore."
     zoo = zoo or build_zoo(ZooConfig())
     cfg = cfg or RFTConfig.for_preset("toy", omega=omega)
     if cfg.omega != omega: raise ValueError(f"omega={omega} but cfg.omega={cfg.omega}")
     eval_steps = eval_steps if eval_steps is not None else sorted({0, cfg.steps // 2, cfg.steps})
-    if reward not in TOY_REWARDS: raise ValueError(f"reward={reward!r}: choose from {sorted(TOY_REWARDS)}")
-    if (cfg.kind == "denscore") != (reward == "denscore"):
+    if reward not in (*TOY_REWARDS, "oracle"): raise ValueError(f"reward={reward!r}: choose from {sorted(TOY_REWARDS) + ['oracle']}")
+    if reward == "oracle" and omega != 0: raise ValueError(f"reward='oracle' has no text-irrelevant part to reweight: use omega=0, not {omega}")
+    if reward != "oracle" and (cfg.kind == "denscore") != (reward == "denscore"):
         raise ValueError(f"reward={reward!r} scores {'segments' if reward == 'denscore' else 'the caption cut at 77 tokens'}: "
                          f"use cfg.kind={'denscore' if reward == 'denscore' else 'single'!r}")
     denscore = toy_preference_model("seg-o", denscore_cfg, zoo=zoo, progress=progress)
-    other = TOY_REWARDS[reward]               # Fig. 6's other rewards train at the size the Denscore was given (smoke sizes too)
-    other_cfg = replace(denscore_cfg, loss=other) if denscore_cfg is not None and other != "clip" else None
-    model = denscore if reward == "denscore" else toy_preference_model(other, other_cfg, zoo=zoo, progress=progress)
+    if reward == "oracle":                    # the next seed's oracle: the evaluating one (`zoo.oracle`) never sees the gradient
+        oracle_cfg = replace(zoo.cfg.oracle, seed=zoo.cfg.oracle.seed + 1)
+        model = OracleReward(train_oracle(oracle_cfg, zoo.cache_dir, progress), toy_prompt_captions(n_prompts, cfg.seed))
+    else:
+        other = TOY_REWARDS[reward]           # Fig. 6's other rewards train at the size the Denscore was given (smoke sizes too)
+        other_cfg = replace(denscore_cfg, loss=other) if denscore_cfg is not None and other != "clip" else None
+        model = denscore if reward == "denscore" else toy_preference_model(other, other_cfg, zoo=zoo, progress=progress)
     sft = toy_sft(cfg.encoders, sft_cfg, zoo=zoo, progress=progress)
     prompts = toy_prompts(n_prompts, cfg.seed)
     V = dataset_direction(denscore, prompts)               # the evaluation's Denscore-O and C_X·V
     def build(folder: Path, work: Path):
         import shutil
         t0 = time.time()
-        lora = train_rft(work, prompts, model, cfg, "toy", dataset_direction(model, prompts, cfg.kind), sft, zoo, eval_steps=eval_steps,
+        V_reward = dataset_direction(model, prompts, cfg.kind) if isinstance(model, PreferenceModel) else None
+        lora = train_rft(work, prompts, model, cfg, "toy", V_reward, sft, zoo, eval_steps=eval_steps,
                          evaluate=toy_evaluator(zoo, denscore, V, n_eval), progress=progress, cpu=True)
         shutil.copytree(lora, folder / "lora")
         for f in ("metrics.csv", "eval.jsonl"): shutil.copy(work / f, folder / f)
@@ -207,7 +235,7 @@ def toy_rft(
         return {"train_seconds": round(time.time() - t0, 1), "steps": cfg.steps}
     key = {"rft": cfg.key(), "n_prompts": n_prompts, "n_eval": n_eval, "eval_steps": eval_steps, "sft": sft.parent.name,
            "denscore": denscore.cache_entry}        # the cache entry (its key's hash): any change to the toy Denscore retrains
-    if reward != "denscore": key["reward"] = getattr(model, "cache_entry", reward)
+    if reward != "denscore": key["reward"] = {"oracle": asdict(oracle_cfg)} if reward == "oracle" else getattr(model, "cache_entry", reward)
     return cached_build(f"rft_omega{omega:g}" if reward == "denscore" else f"rft_{reward}_omega{omega:g}", key, build, zoo.cache_dir)
 
 #: The toy world's reward models for Fig. 6: name -> `toy_preference_model` kind.

@@ -283,7 +283,8 @@ def _generator(seed: int, step: int, process: int, micro: int) -> torch.Generato
 def train_rft(
     output_dir,                         # checkpoints, metrics.csv, eval.csv and the final LoRA (`output_dir/lora`)
     prompts,                            # training prompts (`prompt_data`)
-    reward_model: PreferenceModel,      # the frozen reward (Denscore)
+    reward_model,                       # the frozen reward: a `PreferenceModel` (Denscore; decomposed with ω, Eq. 8), or a ready reward
+                                        # module, forward(images, captions, accelerator) -> {"score": (n,)} (the toy oracle, 08)
     cfg: RFTConfig = RFTConfig(),
     preset="toy",
     V: torch.Tensor | None = None,      # the dataset's common direction (default: `dataset_direction(reward_model, prompts)`)
@@ -298,9 +299,11 @@ def train_rft(
     prompts = prompt_data(prompts)
     pipe, enc = models or load_long_sd(preset, cfg.encoders, zoo, overrides, lora=sft_lora, fuse=True)
     if enc.encoders != cfg.encoders: raise ValueError(f"the encoder has encoders={enc.encoders!r}, cfg.encoders={cfg.encoders!r}")
-    V_data = dataset_direction(reward_model, prompts, cfg.kind)   # also fills the reward's text cache in a fixed order
-    V = V_data if V is None else V
-    reward = PreferenceReward(reward_model, cfg.omega, V, cfg.kind, cfg.direction, cfg.allow_extrapolation)
+    if isinstance(reward_model, PreferenceModel):
+        V_data = dataset_direction(reward_model, prompts, cfg.kind)   # also fills the reward's text cache in a fixed order
+        V = V_data if V is None else V
+        reward = PreferenceReward(reward_model, cfg.omega, V, cfg.kind, cfg.direction, cfg.allow_extrapolation)
+    else: reward = reward_model
     targets = add_unet_lora(pipe.unet, preset, cfg.rank, cfg.lora_dropout, cfg.seed)
     model = LongSDReward(pipe, enc, reward, cfg.sampler_steps, cfg.grad_steps, cfg.guidance, cfg.stop_grad, cfg.grad_checkpointing)
     if cfg.compile_backend: pipe.unet.compile(backend=cfg.compile_backend)

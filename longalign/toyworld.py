@@ -431,27 +431,36 @@ class Oracle:
     "Per-sentence probabilities that an image shows a caption's facts."
     def __init__(self, reader: CellReader): self.reader = reader.eval()
 
-    @torch.no_grad()
-    def cell_probs(self, images: torch.Tensor) -> dict:
-        "Probabilities per cell: 'shape' (n, 4, 1+3; class 0 = empty), 'colour' (n, 4, 5), 'size' (n, 4, 2)."
-        s, c, z = self.reader(to_cells(images.float().clamp(0, 1)))
+    def cell_probs(self, images: torch.Tensor, grad: bool = False) -> dict:
+        """Probabilities per cell: 'shape' (n, 4, 1+3; class 0 = empty), 'colour' (n, 4, 5), 'size' (n, 4, 2);
+        differentiable in the images with `grad=True` (the oracle as a reward, 05)."""
+        with torch.set_grad_enabled(grad):
+            s, c, z = self.reader(to_cells(images.float().clamp(0, 1)))
         n = len(images)
         return {"shape": s.softmax(-1).view(n, 4, -1), "colour": c.softmax(-1).view(n, 4, -1), "size": z.softmax(-1).view(n, 4, -1)}
 
-    def fact_probs(self, images: torch.Tensor, facts_per_image: list) -> list:
-        "For image i and each fact in facts_per_image[i], the probability that it holds (NaN for a sentence without a fact)."
-        p = self.cell_probs(images)
+    def fact_tensors(self, images: torch.Tensor, facts_per_image: list, grad: bool = False) -> list:
+        "For image i, a tensor of the probabilities that each fact in facts_per_image[i] holds (sentences without a fact left out)."
+        p = self.cell_probs(images, grad)
         out = []
         for i, facts in enumerate(facts_per_image):
             row = []
-            for f in facts:
-                if f is None: row.append(float("nan")); continue
+            for f in (f for f in facts if f is not None):
                 occupied = 1 - p["shape"][i, f.cell, 0]
-                if f.attribute == "shape": v = p["shape"][i, f.cell, 1 + SHAPES.index(f.value)]
-                elif f.attribute == "colour": v = occupied * p["colour"][i, f.cell, list(COLOURS).index(f.value)]
-                else: v = occupied * p["size"][i, f.cell, SIZES.index(f.value)]
-                row.append(float(v))
-            out.append(np.array(row))
+                if f.attribute == "shape": row.append(p["shape"][i, f.cell, 1 + SHAPES.index(f.value)])
+                elif f.attribute == "colour": row.append(occupied * p["colour"][i, f.cell, list(COLOURS).index(f.value)])
+                else: row.append(occupied * p["size"][i, f.cell, SIZES.index(f.value)])
+            out.append(torch.stack(row) if row else images.new_zeros(0))
+        return out
+
+    def fact_probs(self, images: torch.Tensor, facts_per_image: list) -> list:
+        "For image i and each fact in facts_per_image[i], the probability that it holds (NaN for a sentence without a fact)."
+        out = []
+        for facts, t in zip(facts_per_image, self.fact_tensors(images, facts_per_image)):
+            row, vals = np.full(len(facts), np.nan), iter(t.tolist())
+            for j, f in enumerate(facts):
+                if f is not None: row[j] = next(vals)
+            out.append(row)
         return out
 
     def sentence_scores(self, images, captions: list) -> list:
