@@ -297,6 +297,8 @@ def train_rft(
 ) -> Path:
     "Reward fine-tuning with a new LoRA on the (fused) SFT UNet through the core harness; resumable; returns the weights' folder."
     prompts = prompt_data(prompts)
+    if not isinstance(reward_model, PreferenceModel) and cfg.omega != 0:
+        raise ValueError(f"cfg.omega={cfg.omega}: a ready reward module has no text-irrelevant part to reweight; use omega=0")
     pipe, enc = models or load_long_sd(preset, cfg.encoders, zoo, overrides, lora=sft_lora, fuse=True)
     if enc.encoders != cfg.encoders: raise ValueError(f"the encoder has encoders={enc.encoders!r}, cfg.encoders={cfg.encoders!r}")
     if isinstance(reward_model, PreferenceModel):
