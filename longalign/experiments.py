@@ -213,21 +213,21 @@ def toy_rft(
         raise ValueError(f"reward={reward!r} scores {'segments' if reward == 'denscore' else 'the caption cut at 77 tokens'}: "
                          f"use cfg.kind={'denscore' if reward == 'denscore' else 'single'!r}")
     denscore = toy_preference_model("seg-o", denscore_cfg, zoo=zoo, progress=progress)
+    captions = toy_prompt_captions(n_prompts, cfg.seed)
+    prompts = [c.text for c in captions]
     if reward == "oracle":                    # the next seed's oracle: the evaluating one (`zoo.oracle`) never sees the gradient
         oracle_cfg = replace(zoo.cfg.oracle, seed=zoo.cfg.oracle.seed + 1)
-        model = OracleReward(train_oracle(oracle_cfg, zoo.cache_dir, progress), toy_prompt_captions(n_prompts, cfg.seed))
+        model = OracleReward(train_oracle(oracle_cfg, zoo.cache_dir, progress), captions)
     else:
         other = TOY_REWARDS[reward]           # Fig. 6's other rewards train at the size the Denscore was given (smoke sizes too)
         other_cfg = replace(denscore_cfg, loss=other) if denscore_cfg is not None and other != "clip" else None
         model = denscore if reward == "denscore" else toy_preference_model(other, other_cfg, zoo=zoo, progress=progress)
     sft = toy_sft(cfg.encoders, sft_cfg, zoo=zoo, progress=progress)
-    prompts = toy_prompts(n_prompts, cfg.seed)
     V = dataset_direction(denscore, prompts)               # the evaluation's Denscore-O and C_X·V
     def build(folder: Path, work: Path):
         import shutil
         t0 = time.time()
-        V_reward = dataset_direction(model, prompts, cfg.kind) if isinstance(model, PreferenceModel) else None
-        lora = train_rft(work, prompts, model, cfg, "toy", V_reward, sft, zoo, eval_steps=eval_steps,
+        lora = train_rft(work, prompts, model, cfg, "toy", None, sft, zoo, eval_steps=eval_steps,   # V: the reward's own (Eq. 7)
                          evaluate=toy_evaluator(zoo, denscore, V, n_eval), progress=progress, cpu=True)
         shutil.copytree(lora, folder / "lora")
         for f in ("metrics.csv", "eval.jsonl"): shutil.copy(work / f, folder / f)
