@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import TrainConfig, check_compile_backend, get_preset, image_from_bytes, input_dtype, progress_bar, run_record
-from .encoding import LongPromptEncoder
+from .encoding import LongPromptEncoder, get_policy
 from .longsd import add_unet_lora, added_cond_kwargs, fit_with_evals, load_long_sd, save_long_sd
 
 # %% auto #0
@@ -260,12 +260,15 @@ class SFTConfig:
     channels_last: bool = False   # the UNet and its inputs in channels-last memory (bench/train_steps.py measures it)
     fused_optimizer: bool = False # AdamW's fused kernel
     compile_backend: str | None = None  # torch.compile the UNet with this backend ('inductor'); compiling costs the first steps
+    policy: str | None = None     # the segment policy (an `encoding.POLICIES` name); None: the preset's (the paper's)
 
-    def __post_init__(self): check_compile_backend(self.compile_backend)
+    def __post_init__(self):
+        check_compile_backend(self.compile_backend)
+        if self.policy is not None: get_policy(self.policy)   # an unknown name fails here, with the names there are
 
     def key(self) -> dict:
         "The fields that define a run, those added later left out at their defaults (cached runs keep their keys)."
-        return {k: v for k, v in asdict(self).items() if not (k in ("channels_last", "fused_optimizer", "compile_backend") and not v)}
+        return {k: v for k, v in asdict(self).items() if not (k in ("channels_last", "fused_optimizer", "compile_backend", "policy") and not v)}
 
     @classmethod
     def for_preset(cls, preset="toy", **kw) -> "SFTConfig":
@@ -291,7 +294,7 @@ def train_sft(
     progress: bool = True, cpu: bool = False,
 ) -> Path:
     "Long-text SFT with LoRA through the core harness; resumes from `output_dir`'s checkpoints; returns the weights' folder."
-    pipe, enc = models or load_long_sd(preset, cfg.encoders, zoo, overrides)
+    pipe, enc = models or load_long_sd(preset, cfg.encoders, zoo, overrides, policy=cfg.policy)
     if enc.encoders != cfg.encoders: raise ValueError(f"the encoder has encoders={enc.encoders!r}, cfg.encoders={cfg.encoders!r}")
     targets = add_unet_lora(pipe.unet, preset, cfg.rank, cfg.lora_dropout, cfg.seed)
     model = LongSD(pipe, enc, cfg.caption_dropout, cache_embeddings=cfg.cache_embeddings)

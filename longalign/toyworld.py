@@ -28,8 +28,8 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CAC
            'scene_from_json', 'caption_to_json', 'caption_from_json', 'long_caption_dataset', 'PreferenceConfig',
            'break_facts', 'facts_shown', 'preference_dataset', 'clip_pixels', 'fact_token_labels', 'caption_before_cut',
            'ZooConfig', 'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'paired_bootstrap',
-           'alignment_by_cut', 'chance_by_cut', 'caption_gain_by_noise', 'toy_pipeline', 't5_states', 'Zoo',
-           'build_zoo', 'toy_image_features', 'zoo_cli']
+           'alignment_by_cut', 'chance_by_cut', 'rejected_by_fact', 'caption_gain_by_noise', 'toy_pipeline',
+           't5_states', 'Zoo', 'build_zoo', 'toy_image_features', 'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -946,6 +946,25 @@ def chance_by_cut(scene_list: list, captions: list, tokenizer, limit: int = 77) 
             if f is None: continue
             acc["all"].append(truth(s, f)); acc["after_cut" if late[j] else "before_cut"].append(truth(s, f))
     return {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
+
+def rejected_by_fact(
+    oracle: Oracle,
+    images,                     # (n, 3, H, W) in [0, 1], or a list of such batches (e.g. several seeds) of the same captions
+    captions: list,             # one `Caption` per image
+    tokenizer=None,             # the CLIP tokenizer that defines the cut (only with `before_cut`)
+    before_cut: bool = False,   # only the facts before the 77-token cut
+) -> dict:
+    "% of the captions' facts the oracle rejects (p ≤ 0.5): (attribute, value) -> %, and (attribute, '(all)') -> % per attribute."
+    if before_cut and tokenizer is None: raise ValueError("before_cut=True needs the tokenizer that defines the cut")
+    out = {}
+    for x in (images if isinstance(images, (list, tuple)) else [images]):
+        for c, p in zip(captions, oracle.fact_probs(x, [c.facts for c in captions])):
+            late = facts_after_cut(c, tokenizer) if before_cut else [False] * len(c.facts)
+            for f, v, after in zip(c.facts, p, late):
+                if f is None or after: continue
+                for key in ((f.attribute, "(all)"), (f.attribute, f.value)): out.setdefault(key, []).append(v <= 0.5)
+    return {k: 100 * float(np.mean(v)) for k, v in sorted(out.items())}
+
 
 # %% ../nbs/00a_toyworld.ipynb #10b9d00d
 def _sd_schedulers():
