@@ -5,7 +5,7 @@
 # %% ../nbs/01_encoding.ipynb #c533abc2
 from __future__ import annotations
 import re, unicodedata, warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -13,7 +13,7 @@ from .core import MODEL_SOURCES, TextAdapter, clip_tokenizer, get_preset, load_r
 
 # %% auto #0
 __all__ = ['ABBREVIATIONS', 'SOT', 'CONTENT', 'EOT', 'PAD', 'PAD_STAR', 'T5_TOKEN', 'TOKEN_TYPES', 'POLICIES', 'LAYERS',
-           'split_segments', 'group_segments', 'TokenPolicy', 'get_policy', 'pad_star_embedding',
+           'split_segments', 'group_segments', 'TokenPolicy', 'get_policy', 'policy_name', 'pad_star_embedding',
            'SegmentsDroppedWarning', 'LongPromptEmbeds', 'LongPromptEncoder', 'load_pipeline', 'encoder_from_preset',
            'cross_attention_maps', 'tiny_sdxl_pipeline']
 
@@ -144,6 +144,11 @@ def get_policy(policy: str | TokenPolicy) -> TokenPolicy:
     if isinstance(policy, TokenPolicy): return policy
     if policy not in POLICIES: raise ValueError(f"policy={policy!r} is not known; choose one of {sorted(POLICIES)} or a TokenPolicy")
     return POLICIES[policy]
+
+def policy_name(policy) -> str | None:
+    "The `POLICIES` name of a `TokenPolicy`, or of its fields as a dict (an encoding record's 'policy'); None if it has none."
+    fields = policy if isinstance(policy, dict) else asdict(policy)
+    return next((k for k, v in POLICIES.items() if asdict(v) == fields), None)
 
 LAYERS = ("last", "penultimate")
 
@@ -348,7 +353,7 @@ class LongPromptEncoder:
         bad = [(label, p) for label, p in zip(labels, plans) if p.dropped_tokens]
         if not bad: return
         unit = "segment" if self.mode == "compat" else "sentence"
-        pol = next((k for k, v in POLICIES.items() if v == self.policy), self.policy)
+        pol = policy_name(self.policy) or self.policy
         n_units = (lambda segs: len(segs)) if self.mode == "compat" else _n_sentences
         what = "; ".join(f"{label} lost {n_units(p.segments[p.n_kept:])} of {n_units(p.segments)} {unit}s and "
                          f"{p.dropped_tokens} content tokens (it needs target_length >= {p.needed})"

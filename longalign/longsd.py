@@ -5,7 +5,7 @@
 # %% ../nbs/03a_longsd.ipynb #32c58683
 from __future__ import annotations
 import json, os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from .core import (MODEL_SOURCES, TextAdapter, TrainConfig, fit, get_preset, input_dtype, list_checkpoints, process_state, quiet_loading, clip_tokenizer,
                             sd_pipeline, sample, train_t5_tokenizer, world_models)
-from .encoding import POLICIES, LongPromptEncoder, encoder_from_preset, load_pipeline
+from .encoding import LongPromptEncoder, encoder_from_preset, get_policy, load_pipeline, policy_name
 
 # %% auto #0
 __all__ = ['unet_lora_config', 'add_unet_lora', 'lora_summary', 'arch_models', 'load_long_sd', 'added_cond_kwargs',
@@ -104,10 +104,17 @@ def load_long_sd(
     overrides: dict | None = None,  # role -> local path
     lora=None,                      # a folder written by `save_long_sd` (LoRA, and the T5 adapter if it holds one)
     fuse: bool = True,              # fuse the loaded LoRA into the UNet (RFT trains a new LoRA on top)
-    policy: str | None = None,      # the segment policy (an `encoding.POLICIES` name); None: the preset's (the paper's)
+    policy: str | None = None,      # the segment policy (an `encoding.POLICIES` name); None: the one `lora` was trained with
+                                    # (its encoding.json), else the preset's (the paper's)
 ) -> tuple:
     "`(pipe, encoder)`: the preset's diffusers pipeline and a `LongPromptEncoder` over its text encoder(s)."
     p = get_preset(preset, overrides)
+    saved = Path(lora) / "encoding.json" if lora is not None else None
+    if policy is None and saved is not None and saved.exists():
+        policy = policy_name(json.loads(saved.read_text()).get("policy", {}))
+    if policy and get_policy(policy) != get_policy("paper") and p.splitter == "compat":
+        raise ValueError(f"preset {p.name!r} splits prompts as the official code does (mode='compat'), which joins segments "
+                         f"with the paper's policy only: policy={policy!r} needs mode='robust' (the toy preset's)")
     chosen = {"policy": policy} if policy else {}
     if p.ref("unet").kind == "arch":
         m = arch_models(p, encoders)
@@ -152,12 +159,11 @@ def load_long_sd_weights(pipe, encoder: LongPromptEncoder | None, folder, fuse: 
     folder = Path(folder)
     if not (folder / "pytorch_lora_weights.safetensors").exists():
         raise FileNotFoundError(f"{folder} holds no pytorch_lora_weights.safetensors; give a folder written by save_long_sd")
-    if encoder is not None and (folder / "encoding.json").exists():     # the weights learned one layout of the segments
-        trained = json.loads((folder / "encoding.json").read_text())["policy"]
-        if trained != encoder.config()["policy"]:
-            name = next((n for n, pol in POLICIES.items() if asdict(pol) == trained), trained)
-            raise ValueError(f"{folder} was trained with the segment policy {name!r}, this encoder uses {encoder.config()['policy']}: "
-                             f"load it with the same policy (load_long_sd(..., policy={name!r}))")
+    trained = json.loads((folder / "encoding.json").read_text()).get("policy") if (folder / "encoding.json").exists() else None
+    if encoder is not None and trained is not None and trained != encoder.config()["policy"]:   # weights learn one layout
+        name, used = policy_name(trained) or trained, policy_name(encoder.policy) or encoder.config()["policy"]
+        raise ValueError(f"{folder} was trained with the segment policy {name!r}, this encoder uses {used!r}: "
+                         f"load it with the same policy (load_long_sd(..., policy={name!r}))")
     from diffusers.utils import logging as dlog
     verbosity = dlog.get_verbosity(); dlog.set_verbosity_error()   # it reports that the text encoder has no LoRA: expected
     try: pipe.load_lora_weights(folder)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import TrainConfig, check_compile_backend, get_preset, image_from_bytes, input_dtype, progress_bar, run_record
-from .encoding import LongPromptEncoder, get_policy
+from .encoding import LongPromptEncoder, get_policy, policy_name
 from .longsd import add_unet_lora, added_cond_kwargs, fit_with_evals, load_long_sd, save_long_sd
 
 # %% auto #0
@@ -264,7 +264,8 @@ class SFTConfig:
 
     def __post_init__(self):
         check_compile_backend(self.compile_backend)
-        if self.policy is not None: get_policy(self.policy)   # an unknown name fails here, with the names there are
+        if self.policy is not None and get_policy(self.policy) == get_policy("paper"):   # (an unknown name fails here)
+            object.__setattr__(self, "policy", None)          # the paper's is the default: the same run keeps one key
 
     def key(self) -> dict:
         "The fields that define a run, those added later left out at their defaults (cached runs keep their keys)."
@@ -296,6 +297,9 @@ def train_sft(
     "Long-text SFT with LoRA through the core harness; resumes from `output_dir`'s checkpoints; returns the weights' folder."
     pipe, enc = models or load_long_sd(preset, cfg.encoders, zoo, overrides, policy=cfg.policy)
     if enc.encoders != cfg.encoders: raise ValueError(f"the encoder has encoders={enc.encoders!r}, cfg.encoders={cfg.encoders!r}")
+    if enc.policy != get_policy(cfg.policy or get_preset(preset, overrides).policy):
+        raise ValueError(f"the encoder joins segments with policy {policy_name(enc.policy) or enc.policy!r}, cfg.policy={cfg.policy!r}: "
+                         f"give models whose encoder has the run's policy (load_long_sd(..., policy=cfg.policy))")
     targets = add_unet_lora(pipe.unet, preset, cfg.rank, cfg.lora_dropout, cfg.seed)
     model = LongSD(pipe, enc, cfg.caption_dropout, cache_embeddings=cfg.cache_embeddings)
     if isinstance(data, CachedSFTData):
