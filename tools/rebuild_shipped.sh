@@ -6,8 +6,8 @@
 #   longalign-zoo --verify && git add longalign/shipped     # check the copies, commit them with the notebooks' outputs
 #
 # The notebooks run at their defaults into an empty cache with the shipped copies hidden (LONGALIGN_SHIPPED points at an
-# empty folder), on two lanes with one thread each: 00a builds the zoo; then 04 (the three SFT runs) beside 02 -> 03 -> 05;
-# then 06 and 07. An entry one lane needs while the other builds it is waited for (cached_build holds a lock per entry).
+# empty folder), on two lanes with one thread each: 00a builds the zoo; then 04 (the SFT runs) beside 02 -> 03 -> the
+# keep-eot SFT run (one of 04's four, built here to balance the lanes) -> 05; then 06 and 07. An entry one lane needs while the other builds it is waited for (cached_build holds a lock per entry).
 # Any notebook that fails stops the run (the other lane too) with a non-zero exit.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
@@ -27,7 +27,14 @@ run() {
 }
 run 00a_toyworld
 run 04_sft & sft=$!
-(run 02_denscore && run 03_decomposition && run 05_rft) & rest=$!
+keep_eot_sft() {   # 04 trains it last and 05 needs it: built on this lane, 04 finds it in the cache (or waits on its lock)
+  [ -n "${IN_TEST:-}" ] && return 0   # smoke sizes: 04 builds its own smoke-size run
+  local t0; t0=$(date +%s)
+  python -c 'from longalign.experiments import toy_sft; from longalign.sft import SFTConfig
+toy_sft("clip-cat", SFTConfig.for_preset("toy", policy="keep-eot"))' > "$runs/sft_keep_eot.log" 2>&1 || { echo "the keep-eot SFT failed: $runs/sft_keep_eot.log"; return 1; }
+  echo "keep-eot SFT done in $(( $(date +%s) - t0 )) s"
+}
+(run 02_denscore && run 03_decomposition && keep_eot_sft && run 05_rft) & rest=$!
 wait "$sft" || { echo "the SFT lane failed: nothing to ship"; exit 1; }
 wait "$rest" || { echo "the 02 -> 03 -> 05 lane failed: nothing to ship"; exit 1; }
 run 06_eval
