@@ -5,7 +5,7 @@
 # %% ../nbs/00a_toyworld.ipynb #f44c23c6
 from __future__ import annotations
 import contextlib, errno, fcntl, functools, gzip, tempfile, hashlib, json, math, os, random, re, shutil, time, warnings
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,8 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CAC
            'scene_from_json', 'caption_to_json', 'caption_from_json', 'long_caption_dataset', 'PreferenceConfig',
            'break_facts', 'facts_shown', 'preference_dataset', 'clip_pixels', 'fact_token_labels', 'caption_before_cut',
            'ZooConfig', 'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'paired_bootstrap',
-           'alignment_by_cut', 'chance_by_cut', 'rejected_by_fact', 'caption_gain_by_noise', 'toy_pipeline',
-           't5_states', 'Zoo', 'build_zoo', 'toy_image_features', 'zoo_cli']
+           'alignment_by_cut', 'chance_by_cut', 'value_chance_by_cut', 'rejected_by_fact', 'caption_gain_by_noise',
+           'toy_pipeline', 't5_states', 'Zoo', 'build_zoo', 'toy_image_features', 'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -947,6 +947,30 @@ def chance_by_cut(scene_list: list, captions: list, tokenizer, limit: int = 77) 
             acc["all"].append(truth(s, f)); acc["after_cut" if late[j] else "before_cut"].append(truth(s, f))
     return {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
 
+def value_chance_by_cut(
+    oracle: Oracle,
+    images: torch.Tensor,       # (n, 3, H, W) in [0, 1]
+    captions: list,             # one `Caption` per image
+    tokenizer,                  # the CLIP tokenizer that defines the cut
+    limit: int = 77,
+) -> dict:
+    """Per caption, for each fact, the share of its attribute's values the oracle accepts (p > 0.5) in the same cell of the
+    same image: the chance a fact with a value drawn at random would be judged true there. 'all', 'before_cut',
+    'after_cut' -> list of float arrays, aligned with `hits_by_cut`. Unlike `chance_by_cut` (another scene) it keeps what
+    the image draws and where, and asks only whether the values follow the caption; an empty cell gives 0."""
+    values = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
+    alts = [[replace(f, value=v) for f in c.facts if f is not None for v in values[f.attribute]] for c in captions]
+    probs = oracle.fact_probs(images, alts)
+    out = {"all": [], "before_cut": [], "after_cut": []}
+    for c, p in zip(captions, probs):
+        late, at, got = facts_after_cut(c, tokenizer, limit), 0, {k: [] for k in out}
+        for f, after in zip(c.facts, late):
+            if f is None: continue
+            n = len(values[f.attribute]); share = float(np.mean(p[at:at + n] > 0.5)); at += n
+            got["all"].append(share); got["after_cut" if after else "before_cut"].append(share)
+        for k, v in got.items(): out[k].append(np.array(v, dtype=float))
+    return out
+
 def rejected_by_fact(
     oracle: Oracle,
     images,                     # (n, 3, H, W) in [0, 1], or a list of such batches (e.g. several seeds) of the same captions
@@ -1106,6 +1130,10 @@ class Zoo:
     "The built toy zoo: a folder per role, loaders, the assembled pipeline and the oracle."
     def __init__(self, cfg: ZooConfig, entries: dict, cache_dir=None):
         self.cfg, self.entries, self.cache_dir = cfg, entries, cache_dir
+
+    def held_out(self) -> tuple:
+        "The held-out scenes and long captions the zoo's models were evaluated on when built (`metrics`)."
+        return _held_out(self.cfg)
 
     def path(self, role: str) -> Path:
         "The folder of `role`, loadable with `from_pretrained` (or as `load_role(..., overrides={role: path})`)."

@@ -6,8 +6,8 @@
 #   longalign-zoo --verify && git add longalign/shipped     # check the copies, commit them with the notebooks' outputs
 #
 # The notebooks run at their defaults into an empty cache with the shipped copies hidden (LONGALIGN_SHIPPED points at an
-# empty folder), on two lanes with one thread each: 00a builds the zoo; then 04 (the SFT runs) beside 02 -> 03 -> the
-# keep-eot SFT run (one of 04's four, built here to balance the lanes) -> 05; then 06 and 07. An entry one lane needs while the other builds it is waited for (cached_build holds a lock per entry).
+# empty folder), on two lanes with one thread each: 00a builds the zoo; then 04 (the SFT runs) beside 02 -> 03 ->
+# the keep-eot SFT run (one of 04's four, built here to balance the lanes) -> 05; then 06 and 07. An entry one lane needs while the other builds it is waited for (cached_build holds a lock per entry).
 # Any notebook that fails stops the run (the other lane too) with a non-zero exit.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
@@ -36,8 +36,11 @@ toy_sft("clip-cat", SFTConfig.for_preset("toy", policy="keep-eot"))' > "$runs/sf
 }
 (run 02_denscore && run 03_decomposition && keep_eot_sft && run 05_rft) & rest=$!
 wait "$sft" || { echo "the SFT lane failed: nothing to ship"; exit 1; }
-wait "$rest" || { echo "the 02 -> 03 -> 05 lane failed: nothing to ship"; exit 1; }
+wait "$rest" || { echo "the 02 -> 03 -> keep-eot SFT -> 05 lane failed: nothing to ship"; exit 1; }
 run 06_eval
 run 07_tables
+if grep -l "using the copy shipped" "$runs"/*.log; then   # a notebook that changed LONGALIGN_SHIPPED would load them
+  echo "the logs above loaded shipped copies: this was not a rebuild from scratch, nothing to ship"; exit 1
+fi
 echo "rebuilt in $(( $(date +%s) - start )) s"
 echo "ship it with: python tools/ship_models.py $cache --skip eval_ --clean"
