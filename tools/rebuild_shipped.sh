@@ -39,7 +39,7 @@ wait "$sft" || { echo "the SFT lane failed: nothing to ship"; exit 1; }
 wait "$rest" || { echo "the 02 -> 03 -> keep-eot SFT -> 05 lane failed: nothing to ship"; exit 1; }
 run 06_eval
 run 07_tables
-if grep -l "using the copy shipped" "$runs"/*.log; then   # a notebook that changed LONGALIGN_SHIPPED would load them
+if grep -lF "using the copy shipped with the package ($cache/" "$runs"/*.log; then   # e.g. a notebook that unset LONGALIGN_SHIPPED
   echo "the logs above loaded shipped copies: this was not a rebuild from scratch, nothing to ship"; exit 1
 fi
 echo "rebuilt in $(( $(date +%s) - start )) s"
