@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild every shipped toy model from scratch (maintainers; never run by CI), then ship what the default run built.
 #
-#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # ~1 h on 2 cores; the notebooks' outputs go to /tmp/rebuild-runs
+#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # 76 min on 2 cores (measured); the notebooks' outputs go to /tmp/rebuild-runs
 #   python tools/ship_models.py /tmp/fresh-cache --skip eval_ --clean   # then ship it (the script prints this line)
 #   longalign-zoo --verify && git add longalign/shipped     # check the copies, commit them with the notebooks' outputs
 #
@@ -9,6 +9,9 @@
 # empty folder), on two lanes with one thread each: 00a builds the zoo; then 04 (the SFT runs) beside 02 -> 03 ->
 # the keep-eot SFT run (one of 04's four, built here to balance the lanes) -> 05; then 06 and 07. An entry one lane needs while the other builds it is waited for (cached_build holds a lock per entry).
 # Any notebook that fails stops the run (the other lane too) with a non-zero exit.
+# Measured on 2 cores (2026-12-05): 00a 26 min (the zoo, one model after another), then 04 40 min beside 02 -> 03 ->
+# keep-eot SFT -> 05 46 min, then 06 and 07 4 min: 76 min, over the 60-minute budget; the 1500-step SFT runs (10-13 min
+# each on one thread) and 05's twelve RFT runs are most of it.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
 cache=$(realpath -m -- "$1")
