@@ -6,6 +6,7 @@
 from __future__ import annotations
 import hashlib, json, os, random, re, time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from .core import fid_from_features, get_preset, mean_pairwise_distance
 from .toyworld import (Oracle, Zoo, ZooConfig, background_distance, build_zoo, cache_root, cached_build, caption_bootstrap,
                                 config_hash, hits_by_cut, long_caption, long_caption_dataset, preference_dataset, PreferenceConfig, render, scenes,
-                                toy_image_features, train_oracle)
+                                toy_image_features, train_oracle, build_zoo_part, shipped_root)
 from .preference import PreferenceModel, PreferenceTrainConfig, train_preference_model
 from .longsd import sample_long
 from .sft import SFTConfig, image_caption_data, train_sft
@@ -25,7 +26,8 @@ from .evaluation import (PairwiseJudge, ToyJudgeClient, _to_pil, _zoo_id, evalua
 # %% auto #0
 __all__ = ['TOY_REWARDS', 'ToyWorld', 'toy_world', 'toy_preference_model', 'toy_preference_configs', 'retrieval_table_settings',
            'toy_sft', 'toy_evaluator', 'toy_eval_set', 'evaluate_toy', 'toy_prompt_captions', 'toy_prompts',
-           'OracleReward', 'toy_rft', 'toy_models', 'toy_eval_folder', 'toy_benchmark', 'record_table', 'read_table']
+           'OracleReward', 'toy_rft', 'toy_models', 'toy_eval_folder', 'toy_benchmark', 'record_table', 'read_table',
+           'toy_shipped_builds', 'check_shipped_builds']
 
 # %% ../nbs/08_experiments.ipynb #85d12ac3
 class ToyWorld(Zoo):
@@ -335,3 +337,52 @@ def read_table(name: str, zoo, settings: dict):
     path = _table_path(name, zoo, settings)
     return pd.read_csv(path) if path.exists() else None
 
+
+# %% ../nbs/08_experiments.ipynb #4e38cf55
+def toy_shipped_builds(cache_dir=None) -> dict:
+    """name -> (the names whose entries it reads, a function of no arguments that builds or loads it): every toy model the
+    package ships, with the notebooks' calls and defaults (00a's zoo, 02's preference models, 04's SFT runs, 05's RFT runs),
+    listed longest chain first (`run_builds` starts the first one whose needs are built)."""
+    zc = ZooConfig()
+    part = lambda p: partial(build_zoo_part, p, zc, cache_dir)
+    def zoo(*parts):            # the zoo's entries built so far (a preference model reads only CLIP), or the whole zoo
+        return Zoo(zc, {p: build_zoo_part(p, zc, cache_dir) for p in parts}, cache_dir) if parts else build_zoo(zc, cache_dir)
+    pref_cfgs, n_pairs = toy_preference_configs()
+    keep_eot = replace(SFTConfig.for_preset("toy"), policy="keep-eot")
+    out = {"zoo oracle": ((), part("oracle")), "zoo clip": ((), part("clip")), "zoo vae": (("zoo oracle",), part("vae")),
+           "zoo t5": (("zoo clip",), part("t5")), "zoo unet": (("zoo oracle", "zoo vae", "zoo clip"), part("unet")),
+           "zoo t5_adapter": (("zoo unet", "zoo t5"), part("t5_adapter"))}   # the last part: after it the whole zoo is built
+    for kind in ("seg-o", "single", "seg-a"):
+        out[f"pref {kind}"] = (("zoo clip",), lambda k=kind: toy_preference_model(k, pref_cfgs[k], n_pairs, zoo=zoo("clip")))
+    out["oracle trained apart"] = ((), lambda: train_oracle(replace(zc.oracle, seed=zc.oracle.seed + 1), cache_dir))   # the ceiling's reward
+    for enc in ("clip-cat", "clip+t5", "t5-mlp"):
+        out[f"sft {enc}"] = (("zoo t5_adapter",), lambda e=enc: toy_sft(e, SFTConfig.for_preset("toy", encoders=e), zoo=zoo()))
+    out["sft clip-cat keep-eot"] = (("zoo t5_adapter",), lambda: toy_sft("clip-cat", keep_eot, zoo=zoo()))
+    for start, sft_cfg in (("", None), (" keep-eot", keep_eot)):
+        runs = [("denscore", w) for w in (0.0, 0.3, 1.0)] + [("oracle", 0.0)]
+        if not start: runs += [(r, w) for r in ("pickscore", "clip") for w in (0.3, 1.0)]     # Fig. 6's other rewards
+        for reward, w in runs:
+            needs = ("zoo t5_adapter", "pref seg-o", "sft clip-cat" + start)
+            needs += {"oracle": ("oracle trained apart",), "pickscore": ("pref single",)}.get(reward, ())
+            cfg = RFTConfig.for_preset("toy", omega=w, **({"kind": "single"} if reward in ("pickscore", "clip") else {}))
+            out[f"rft{start} {reward} ω={w:g}"] = (needs, lambda w=w, cfg=cfg, s=sft_cfg, r=reward: toy_rft(w, cfg, zoo=zoo(), sft_cfg=s, reward=r))
+    return out
+
+def check_shipped_builds() -> list:
+    """Resolve every build of `toy_shipped_builds` from the shipped copies alone (an empty cache, `LONGALIGN_NO_BUILD`
+    set); their entries' names, which must be exactly the shipped ones (raises otherwise, naming the difference)."""
+    import tempfile
+    unknown = {n for needs, _ in toy_shipped_builds().values() for n in needs} - set(toy_shipped_builds())
+    if unknown: raise ValueError(f"toy_shipped_builds: needs {sorted(unknown)} are not builds of the list")
+    shipped = sorted(p.name for p in shipped_root().iterdir() if (p / "manifest.json").exists())
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.environ.get("LONGALIGN_NO_BUILD"); os.environ["LONGALIGN_NO_BUILD"] = "1"
+        try:
+            for name, (_, build) in toy_shipped_builds(tmp).items(): build()   # MissingEntryError: a call the shipped copies lack
+        finally:
+            if old is None: del os.environ["LONGALIGN_NO_BUILD"]
+            else: os.environ["LONGALIGN_NO_BUILD"] = old
+        built = sorted(p.name for p in Path(tmp).iterdir() if (p / "manifest.json").exists())
+    if built != shipped: raise ValueError(f"toy_shipped_builds resolves to entries that do not ship {sorted(set(built) - set(shipped))} "
+                                          f"and leaves shipped ones unbuilt {sorted(set(shipped) - set(built))}")
+    return built

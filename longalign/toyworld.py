@@ -22,14 +22,15 @@ from .core import (CLIP_MEAN, CLIP_STD, cache_root, clip_tokenizer, clip_tokeniz
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'POSITIONS', 'GRID', 'IMAGE_SIZE', 'CACHE_FORMAT', 'ATTR_VALUES', 'ToyObject', 'Scene',
            'WorldConfig', 'random_scene', 'scenes', 'optimal_background', 'background', 'render', 'background_distance',
            'Fact', 'Caption', 'long_caption', 'short_caption', 'token_lengths', 'facts_after_cut', 'config_hash',
-           'CacheError', 'entry_path', 'cached_build', 'entry_metrics', 'ShippedEntryWarning', 'shipped_root',
-           'verify_entry', 'ship_entry', 'verify_shipped', 'CellReader', 'to_cells', 'cell_labels', 'degrade',
-           'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy', 'train_oracle', 'scene_to_json',
-           'scene_from_json', 'caption_to_json', 'caption_from_json', 'long_caption_dataset', 'PreferenceConfig',
-           'break_facts', 'facts_shown', 'preference_dataset', 'clip_pixels', 'fact_token_labels', 'caption_before_cut',
-           'ZooConfig', 'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap', 'paired_bootstrap',
-           'alignment_by_cut', 'chance_by_cut', 'value_chance_by_cut', 'rejected_by_fact', 'caption_gain_by_noise',
-           'toy_pipeline', 't5_states', 'Zoo', 'build_zoo', 'toy_image_features', 'zoo_cli']
+           'CacheError', 'MissingEntryError', 'entry_path', 'cached_build', 'entry_metrics', 'ShippedEntryWarning',
+           'shipped_root', 'verify_entry', 'ship_entry', 'verify_shipped', 'CellReader', 'to_cells', 'cell_labels',
+           'degrade', 'OracleConfig', 'Oracle', 'truth', 'oracle_score', 'oracle_accuracy', 'train_oracle',
+           'scene_to_json', 'scene_from_json', 'caption_to_json', 'caption_from_json', 'long_caption_dataset',
+           'PreferenceConfig', 'break_facts', 'facts_shown', 'preference_dataset', 'clip_pixels', 'fact_token_labels',
+           'caption_before_cut', 'ZooConfig', 'vae_round_trip', 'hits_by_cut', 'pooled_rate', 'caption_bootstrap',
+           'paired_bootstrap', 'alignment_by_cut', 'chance_by_cut', 'value_chance_by_cut', 'rejected_by_fact',
+           'caption_gain_by_noise', 'toy_pipeline', 't5_states', 'Zoo', 'build_zoo', 'build_zoo_part',
+           'toy_image_features', 'zoo_cli']
 
 # %% ../nbs/00a_toyworld.ipynb #9c61189a
 SHAPES = ("circle", "square", "triangle")
@@ -222,6 +223,9 @@ CACHE_FORMAT = 2   # raise it when a code change alters what a cached entry woul
 class CacheError(OSError):
     "The toy world's cache cannot be written (unwritable folder, full disk)."
 
+class MissingEntryError(LookupError):
+    "An entry is neither cached nor shipped, and `LONGALIGN_NO_BUILD` forbids building it."
+
 def _writable_root(root: Path) -> Path:
     try:
         (root / ".locks").mkdir(parents=True, exist_ok=True)
@@ -258,6 +262,9 @@ def _cached_build(entry: Path, name: str, cfg: dict, build, root: Path) -> Path:
         os.rename(tmp, entry)
         progress_note(f"toy-world entry {name}: using the copy shipped with the package ({entry})")
         return entry
+    if os.environ.get("LONGALIGN_NO_BUILD"):
+        raise MissingEntryError(f"toy-world entry {entry.name} is neither in the cache {root} nor shipped with the package, and "
+                                f"LONGALIGN_NO_BUILD is set: unset it to build the entry")
     work = root / ".work" / entry.name
     resuming = work.exists()
     progress_note(f"building toy-world entry {name} ({'resuming' if resuming else 'not in the cache yet'}: {entry})")
@@ -1174,13 +1181,23 @@ def build_zoo(
     progress: bool = True,          # tqdm bars while training
 ) -> Zoo:
     "Build (or load from the cache) every toy-world model; each entry is keyed by its own and its inputs' configs."
-    with quiet_loading():
+    oracle = build_zoo_part("oracle", cfg, cache_dir, progress)
+    entries = {part: build_zoo_part(part, cfg, cache_dir, progress) for part in ("vae", "clip", "t5", "unet", "t5_adapter")}
+    return Zoo(cfg, {**entries, "oracle": oracle}, cache_dir)
+
+_PART_BUILDERS = {"vae": _build_vae, "clip": _build_clip, "t5": _build_t5, "unet": _build_unet, "t5_adapter": _build_adapter}
+
+def build_zoo_part(
+    part: str,                      # 'oracle', 'vae', 'clip', 't5', 'unet' or 't5_adapter'
+    cfg: ZooConfig = ZooConfig(), cache_dir=None, progress: bool = True,
+) -> Path:
+    """One entry of the zoo, built (with the entries it needs: the VAE and the UNet are evaluated by the oracle, T5 is
+    distilled from CLIP, the UNet trains on the VAE's latents and CLIP's states, the adapter on the UNet and T5) or loaded."""
+    if part == "oracle":
         train_oracle(cfg.oracle, cache_dir, progress)
-        entries = {"vae": _build_vae(cfg, cache_dir, progress), "clip": _build_clip(cfg, cache_dir, progress),
-                   "t5": _build_t5(cfg, cache_dir, progress), "unet": _build_unet(cfg, cache_dir, progress),
-                   "t5_adapter": _build_adapter(cfg, cache_dir, progress)}
-    entries["oracle"] = entry_path("oracle", asdict(cfg.oracle), cache_dir)
-    return Zoo(cfg, entries, cache_dir)
+        return entry_path("oracle", asdict(cfg.oracle), cache_dir)
+    if part not in _PART_BUILDERS: raise ValueError(f"zoo part {part!r}: choose from {['oracle', *_PART_BUILDERS]}")
+    with quiet_loading(): return _PART_BUILDERS[part](cfg, cache_dir, progress)
 
 def toy_image_features(zoo: Zoo, images: torch.Tensor) -> torch.Tensor:
     "The zoo CLIP's image features: the toy world's Inception for FID."

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Rebuild every shipped toy model from scratch (maintainers; never run by CI), then ship what the default run built.
+# Rebuild every shipped toy model from scratch (maintainers; never run by CI), run the notebooks on what it built, then ship.
 #
-#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # 76 min on 2 cores (measured); the notebooks' outputs go to /tmp/rebuild-runs
+#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # the models, then the notebooks; logs and executed notebooks in /tmp/rebuild-runs
 #   python tools/ship_models.py /tmp/fresh-cache --skip eval_ --clean   # then ship it (the script prints this line)
 #   longalign-zoo --verify && git add longalign/shipped     # check the copies, commit them with the notebooks' outputs
 #
-# The notebooks run at their defaults into an empty cache with the shipped copies hidden (LONGALIGN_SHIPPED points at an
-# empty folder), on two lanes with one thread each: 00a builds the zoo; then 04 (the SFT runs) beside 02 -> 03 ->
-# the keep-eot SFT run (one of 04's four, built here to balance the lanes) -> 05; then 06 and 07. An entry one lane needs while the other builds it is waited for (cached_build holds a lock per entry).
-# Any notebook that fails stops the run (the other lane too) with a non-zero exit.
-# Measured on 2 cores (2026-12-05): 00a 26 min (the zoo, one model after another), then 04 40 min beside 02 -> 03 ->
-# keep-eot SFT -> 05 46 min, then 06 and 07 4 min: 76 min, over the 60-minute budget; the 1500-step SFT runs (10-13 min
-# each on one thread) and 05's twelve RFT runs are most of it.
+# Into an empty cache, with the shipped copies hidden (LONGALIGN_SHIPPED points at an empty folder), on two processes with
+# one thread each:
+#  1. the models: every build of `experiments.toy_shipped_builds` (the notebooks' own calls: the zoo, 02's preference models,
+#     04's SFT runs, 05's RFT runs), each as soon as what it needs is built (tools/rebuild_shipped.py);
+#  2. the notebooks at their defaults, on two lanes (00a -> 04 -> 06 -> 07 beside 02 -> 03 -> 05), on what step 1 built: they
+#     may build their evaluation folders (eval_*), nothing else — a model a notebook builds here is missing from the list,
+#     and the run fails.
+# Any failure stops the run (the other lane too) with a non-zero exit. Nothing may come from the shipped copies.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
 cache=$(realpath -m -- "$1")
@@ -19,32 +20,28 @@ runs=$(realpath -m -- "${REBUILD_RUNS:-/tmp/rebuild-runs}")
 cd "$(dirname "$0")/.."
 [ -z "$(ls -A "$cache" 2>/dev/null)" ] || { echo "$cache is not empty: give an empty folder (a full rebuild)"; exit 1; }
 mkdir -p "$cache" "$runs"
-rm -f "$runs"/*.log   # the shipped-copy check at the end reads every log here
+rm -rf "$runs"/*.log "$runs/builds"   # the checks at the end read every log here
 hidden=$(mktemp -d)
 trap 'for p in $(jobs -p); do pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; rm -rf "$hidden"' EXIT   # a failed lane stops the other
 export LONGALIGN_CACHE=$cache LONGALIGN_SHIPPED=$hidden OMP_NUM_THREADS=1
 start=$(date +%s)
+python tools/rebuild_shipped.py "$cache" --workers 2 --logs "$runs/builds"
+models=$(( $(date +%s) - start ))
+echo "the shipped models rebuilt in $models s"
 run() {
   local t0; t0=$(date +%s)
   papermill -k python3 "nbs/$1.ipynb" "$runs/$1.ipynb" --cwd nbs > "$runs/$1.log" 2>&1 || { echo "$1 failed: $runs/$1.log"; return 1; }
   echo "$1 done in $(( $(date +%s) - t0 )) s"
 }
-run 00a_toyworld
-run 04_sft & sft=$!
-keep_eot_sft() {   # 04 trains it last and 05 needs it: built on this lane, 04 finds it in the cache (or waits on its lock)
-  [ -n "${IN_TEST:-}" ] && return 0   # smoke sizes: 04 builds its own smoke-size run
-  local t0; t0=$(date +%s)
-  python -c 'from longalign.experiments import toy_sft; from longalign.sft import SFTConfig
-toy_sft("clip-cat", SFTConfig.for_preset("toy", policy="keep-eot"))' > "$runs/sft_keep_eot.log" 2>&1 || { echo "the keep-eot SFT failed: $runs/sft_keep_eot.log"; return 1; }
-  echo "keep-eot SFT done in $(( $(date +%s) - t0 )) s"
-}
-(run 02_denscore && run 03_decomposition && keep_eot_sft && run 05_rft) & rest=$!
-wait "$sft" || { echo "the SFT lane failed: nothing to ship"; exit 1; }
-wait "$rest" || { echo "the 02 -> 03 -> keep-eot SFT -> 05 lane failed: nothing to ship"; exit 1; }
-run 06_eval
-run 07_tables
+(run 00a_toyworld && run 04_sft && run 06_eval && run 07_tables) & first=$!
+(run 02_denscore && run 03_decomposition && run 05_rft) & second=$!
+wait "$first" || { echo "the 00a -> 04 -> 06 -> 07 lane failed"; exit 1; }
+wait "$second" || { echo "the 02 -> 03 -> 05 lane failed"; exit 1; }
 # nothing may come from the shipped copies (a notebook that unset LONGALIGN_SHIPPED would load them): grep finds none = 1
-set +e; grep -lF "using the copy shipped with the package ($cache/" "$runs"/*.log; found=$?; set -e
+set +e; grep -rlF "using the copy shipped with the package ($cache/" "$runs"/*.log "$runs/builds"; found=$?; set -e
 [ "$found" -eq 1 ] || { echo "the logs above loaded shipped copies (or could not be read): not a rebuild from scratch, nothing to ship"; exit 1; }
-echo "rebuilt in $(( $(date +%s) - start )) s"
+# the notebooks build their evaluation folders only: any other entry they build is missing from toy_shipped_builds
+set +e; grep -hF "building toy-world entry" "$runs"/*.log | grep -F "$cache/" | grep -vF "building toy-world entry eval_"; found=$?; set -e
+[ "$found" -eq 1 ] || { echo "the notebooks built the models above, which toy_shipped_builds lacks: add them to it"; exit 1; }
+echo "models $models s, notebooks $(( $(date +%s) - start - models )) s: rebuilt in $(( $(date +%s) - start )) s"
 echo "ship it with: python tools/ship_models.py $cache --skip eval_ --clean"

@@ -1,0 +1,60 @@
+"""tools/rebuild_shipped.py's scheduler: every build in a process of its own, each once the builds it needs are done, at
+most `workers` at a time; a failed build stops the others, names its log and exits non-zero."""
+import json, os, sys, time
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
+import rebuild_shipped as rs
+
+
+def _record(cache, name, seconds, fail=False):
+    t0 = time.time(); time.sleep(seconds)
+    print(f"{name} ran")                     # to its log
+    if fail: raise RuntimeError(f"{name} broke")
+    (Path(cache) / f"{name}.json").write_text(json.dumps({"start": t0, "end": time.time(), "pid": os.getpid()}))
+
+
+def diamond(cache):   # a is slow; c needs a; d needs b and c
+    return {"a": ((), partial(_record, cache, "a", 1.5)), "b": ((), partial(_record, cache, "b", 0.1)),
+            "c": (("a",), partial(_record, cache, "c", 0.1)), "d": (("b", "c"), partial(_record, cache, "d", 0.1))}
+
+
+def broken(cache):    # bad fails while slow runs; after needs bad
+    return {"slow": ((), partial(_record, cache, "slow", 60)), "bad": ((), partial(_record, cache, "bad", 1.0, fail=True)),
+            "after": (("bad",), partial(_record, cache, "after", 0.1))}
+
+
+def cycle(cache): return {"x": (("y",), print), "y": (("x",), print)}
+
+
+def test_builds_run_once_their_needs_are_done_in_processes_of_their_own(tmp_path):
+    took = rs.run_builds("test_rebuild_shipped:diamond", tmp_path, workers=2, logs=tmp_path / "logs", say=lambda *_: None)
+    assert set(took) == {"a", "b", "c", "d"}
+    r = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in "abcd"}
+    assert r["c"]["start"] >= r["a"]["end"] and r["d"]["start"] >= max(r["b"]["end"], r["c"]["end"])
+    assert r["b"]["start"] < r["a"]["end"]                      # two at a time: b ran beside a
+    assert len({x["pid"] for x in r.values()}) == 4 and os.getpid() not in {x["pid"] for x in r.values()}
+    assert all((tmp_path / "logs" / f"{n}.log").read_text().startswith(f"{n} ran") for n in "abcd")
+
+
+def test_one_worker_runs_the_builds_one_after_another(tmp_path):
+    rs.run_builds("test_rebuild_shipped:diamond", tmp_path, workers=1, logs=tmp_path / "logs", say=lambda *_: None)
+    r = sorted((json.loads((tmp_path / f"{n}.json").read_text()) for n in "abcd"), key=lambda x: x["start"])
+    assert all(later["start"] >= earlier["end"] for earlier, later in zip(r, r[1:]))
+
+
+def test_a_failed_build_stops_the_others_and_names_its_log(tmp_path):
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match=r"build 'bad' failed .*bad\.log"):
+        rs.run_builds("test_rebuild_shipped:broken", tmp_path, workers=2, logs=tmp_path / "logs", say=lambda *_: None)
+    assert time.time() - t0 < 30                                  # slow (60 s) was stopped, not waited for
+    assert not any(tmp_path.glob("*.json"))                      # neither slow nor after finished
+    assert "RuntimeError: bad broke" in (tmp_path / "logs" / "bad.log").read_text()
+
+
+def test_needs_outside_the_list_or_in_a_cycle_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="a cycle"):
+        rs.run_builds("test_rebuild_shipped:cycle", tmp_path, workers=2, logs=tmp_path, say=lambda *_: None)
