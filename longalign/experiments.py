@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import fid_from_features, get_preset, mean_pairwise_distance
+from .core import fid_from_features, get_preset, mean_pairwise_distance, quiet_loading
 from .toyworld import (Oracle, Zoo, ZooConfig, background_distance, build_zoo, cache_root, cached_build, caption_bootstrap,
                                 config_hash, hits_by_cut, long_caption, long_caption_dataset, preference_dataset, PreferenceConfig, render, scenes,
                                 toy_image_features, train_oracle, build_zoo_part, shipped_root)
@@ -79,7 +79,7 @@ def toy_preference_model(
         if train[field] == default: del train[field]   # defaults: keys stay those of models cached before the field
     key = {"train": train, "n_pairs": n_pairs, "pairs": asdict(PreferenceConfig()), "clip": zoo.path("clip").parent.name}
     entry = cached_build(f"pref_{kind}", key, build, zoo.cache_dir)
-    pm = PreferenceModel(CLIPModel.from_pretrained(entry / "model"), CLIPTokenizer.from_pretrained(entry / "model")).eval()
+    with quiet_loading(): pm = PreferenceModel(CLIPModel.from_pretrained(entry / "model"), CLIPTokenizer.from_pretrained(entry / "model")).eval()
     pm.cache_entry = entry.name     # what the keys of runs scored or rewarded by it name
     return pm
 
@@ -338,19 +338,21 @@ def read_table(name: str, zoo, settings: dict):
     return pd.read_csv(path) if path.exists() else None
 
 
-# %% ../nbs/08_experiments.ipynb #4e38cf55
+# %% ../nbs/08_experiments.ipynb #d2c9050d
 def toy_shipped_builds(cache_dir=None) -> dict:
-    """name -> (the names whose entries it reads, a function of no arguments that builds or loads it): every toy model the
-    package ships, with the notebooks' calls and defaults (00a's zoo, 02's preference models, 04's SFT runs, 05's RFT runs),
-    listed longest chain first (`run_builds` starts the first one whose needs are built)."""
+    """name -> (the names whose entries it reads before it trains, a function of no arguments that builds or loads it): every
+    toy model the package ships, with the notebooks' calls and defaults (00a's zoo, 02's preference models, 04's SFT runs,
+    05's RFT runs), listed longest chain first (`tools/rebuild_shipped.py` starts the first one whose needs are built). The
+    zoo's oracle is read only when the VAE and the UNet are evaluated, after training: built meanwhile on another process
+    (or waited for on its lock), it is not a need of theirs."""
     zc = ZooConfig()
     part = lambda p: partial(build_zoo_part, p, zc, cache_dir)
     def zoo(*parts):            # the zoo's entries built so far (a preference model reads only CLIP), or the whole zoo
         return Zoo(zc, {p: build_zoo_part(p, zc, cache_dir) for p in parts}, cache_dir) if parts else build_zoo(zc, cache_dir)
     pref_cfgs, n_pairs = toy_preference_configs()
     keep_eot = replace(SFTConfig.for_preset("toy"), policy="keep-eot")
-    out = {"zoo oracle": ((), part("oracle")), "zoo clip": ((), part("clip")), "zoo vae": (("zoo oracle",), part("vae")),
-           "zoo t5": (("zoo clip",), part("t5")), "zoo unet": (("zoo oracle", "zoo vae", "zoo clip"), part("unet")),
+    out = {"zoo vae": ((), part("vae")), "zoo oracle": ((), part("oracle")), "zoo clip": ((), part("clip")),
+           "zoo t5": (("zoo clip",), part("t5")), "zoo unet": (("zoo vae", "zoo clip"), part("unet")),
            "zoo t5_adapter": (("zoo unet", "zoo t5"), part("t5_adapter"))}   # the last part: after it the whole zoo is built
     for kind in ("seg-o", "single", "seg-a"):
         out[f"pref {kind}"] = (("zoo clip",), lambda k=kind: toy_preference_model(k, pref_cfgs[k], n_pairs, zoo=zoo("clip")))
@@ -378,7 +380,8 @@ def check_shipped_builds() -> list:
     with tempfile.TemporaryDirectory() as tmp:
         old = os.environ.get("LONGALIGN_NO_BUILD"); os.environ["LONGALIGN_NO_BUILD"] = "1"
         try:
-            for name, (_, build) in toy_shipped_builds(tmp).items(): build()   # MissingEntryError: a call the shipped copies lack
+            with quiet_loading():
+                for name, (_, build) in toy_shipped_builds(tmp).items(): build()   # MissingEntryError: a call the shipped copies lack
         finally:
             if old is None: del os.environ["LONGALIGN_NO_BUILD"]
             else: os.environ["LONGALIGN_NO_BUILD"] = old

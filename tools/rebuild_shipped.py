@@ -7,7 +7,7 @@ as soon as the builds it needs are done, the first ready one in the list's order
 at a time; its output (progress bars, notes) goes to <logs>/<name>.log. A failed build stops the others and exits non-zero;
 entries already built stay in the cache, so a rerun resumes. `tools/rebuild_shipped.sh` runs this into an empty cache with
 the shipped copies hidden, then the notebooks."""
-import argparse, importlib, os, re, sys, time
+import argparse, importlib, os, re, signal, sys, time
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 
@@ -68,6 +68,7 @@ def main(argv=None):
     ap.add_argument("--logs", default="rebuild-logs", help="a log per build")
     ap.add_argument("--builds", default="longalign.experiments:toy_shipped_builds", help="module:function giving the builds")
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # killed: run_builds' `finally` stops the builds it started
     t0 = time.time()
     took = run_builds(a.builds, os.path.abspath(a.cache), a.workers, a.logs)
     print(f"{len(took)} builds in {(time.time() - t0) / 60:.1f} min on {a.workers} processes "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild every shipped toy model from scratch (maintainers; never run by CI), run the notebooks on what it built, then ship.
 #
-#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # the models, then the notebooks; logs and executed notebooks in /tmp/rebuild-runs
+#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # the models, then the notebooks (~2 h); logs, executed notebooks in /tmp/rebuild-runs
 #   python tools/ship_models.py /tmp/fresh-cache --skip eval_ --clean   # then ship it (the script prints this line)
 #   longalign-zoo --verify && git add longalign/shipped     # check the copies, commit them with the notebooks' outputs
 #
@@ -13,6 +13,13 @@
 #     may build their evaluation folders (eval_*), nothing else — a model a notebook builds here is missing from the list,
 #     and the run fails.
 # Any failure stops the run (the other lane too) with a non-zero exit. Nothing may come from the shipped copies.
+# Measured on 2 cores (2026-12-05, step 1 stopped after 82 min): the zoo 47 min (VAE 11 min, then the UNet 30 min on one
+# process; the oracles, CLIP, T5 and the three preference models on the other), then the SFT runs at 23-35 min each
+# (clip-cat 1397 s, clip+t5 2093 s); stopped with t5-mlp at 82 % and the keep-eot SFT and the twelve RFT runs (~3 min
+# each) to go. The builds' own times add up to about 205 min on one thread, so step 1 alone takes about 105 min on two
+# cores however it is scheduled: over the 60-minute budget, which only smaller recipes (fewer UNet or SFT steps) can meet.
+# (The previous rebuild, notebooks only, took 76 min in all on another machine of this kind, whose SFT runs took 10-13 min
+# each: these machines' speeds differ by about 2x, so time a rebuild against the builds' own times, not a clock.)
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
 cache=$(realpath -m -- "$1")
