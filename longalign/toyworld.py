@@ -262,7 +262,7 @@ def _cached_build(entry: Path, name: str, cfg: dict, build, root: Path) -> Path:
         os.rename(tmp, entry)
         progress_note(f"toy-world entry {name}: using the copy shipped with the package ({entry})")
         return entry
-    if os.environ.get("LONGALIGN_NO_BUILD"):
+    if os.environ.get("LONGALIGN_NO_BUILD", "") not in ("", "0"):
         raise MissingEntryError(f"toy-world entry {entry.name} is neither in the cache {root} nor shipped with the package, and "
                                 f"LONGALIGN_NO_BUILD is set: unset it to build the entry")
     work = root / ".work" / entry.name

@@ -44,8 +44,8 @@ def test_shipped_models_meet_00a_quality_checks():
 
 
 def test_every_shipped_model_is_a_notebook_call_that_loads_without_training(monkeypatch):
-    """`experiments.toy_shipped_builds` (what tools/rebuild_shipped.sh builds: the notebooks' own calls, the README's main job's
-    runs among them) resolves from the shipped copies alone, with nothing trained, to exactly the shipped entries."""
+    """`experiments.toy_shipped_builds` (what tools/rebuild_shipped.sh builds: copies of the notebooks' calls, the README's main
+    job's runs among them) resolves from the shipped copies alone, with nothing trained, to exactly the shipped entries."""
     from longalign import experiments, longsd, preference, rft
     def no_training(*a, **k): raise AssertionError("trained although the model should ship: run tools/rebuild_shipped.sh and ship")
     for module in (tw, preference, longsd): monkeypatch.setattr(module, "fit", no_training)

@@ -5,7 +5,7 @@
 Each build of `longalign.experiments.toy_shipped_builds` (the notebooks' own calls) runs in a fresh process with one thread,
 as soon as the builds it needs are done, the first ready one in the list's order (longest chain first), at most `--workers`
 at a time; its output (progress bars, notes) goes to <logs>/<name>.log. A failed build stops the others and exits non-zero;
-entries already built stay in the cache, so a rerun resumes. `tools/rebuild_shipped.sh` runs this into an empty cache with
+entries already built stay in the cache, so a rerun into the same cache resumes (rebuild_shipped.sh always starts empty). `tools/rebuild_shipped.sh` runs this into an empty cache with
 the shipped copies hidden, then the notebooks."""
 import argparse, importlib, os, re, signal, sys, time
 from multiprocessing import get_context
@@ -19,6 +19,7 @@ def load_builds(spec: str, cache_dir) -> dict:
 
 
 def _child(spec: str, cache_dir: str, name: str, log: str):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})   # started with them blocked (run_builds)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1); os.dup2(fd, 2)              # this process's stdout and stderr (progress bars too) go to its log
     os.environ["OMP_NUM_THREADS"] = "1"         # one thread per build (torch reads it when the build imports it)
@@ -45,7 +46,9 @@ def run_builds(spec: str, cache_dir, workers: int = 2, logs=".", say=print) -> d
             for name in [n for n in pending if set(needs[n]) <= done][:workers - len(running)]:
                 pending.remove(name)
                 p = ctx.Process(target=_child, args=(spec, str(cache_dir), name, os.path.join(logs, log_name(name))), name=name)
-                p.start(); running[p.sentinel] = (name, p, time.time())
+                blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})   # started = recorded
+                try: p.start(); running[p.sentinel] = (name, p, time.time())
+                finally: signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 say(f"{stamp()} start  {name}")
             if not running: raise ValueError(f"{spec}: {pending} need each other (a cycle): nothing can start")
             for sentinel in wait(list(running)):
@@ -56,7 +59,8 @@ def run_builds(spec: str, cache_dir, workers: int = 2, logs=".", say=print) -> d
                 took[name] = time.time() - t0; done.add(name)
                 say(f"{stamp()} done   {name} ({took[name]:.0f} s)")
     finally:
-        for name, p, _ in running.values():      # a failure (or Ctrl-C) stops the other builds; their checkpoints stay
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})   # a second signal cannot cut this short
+        for name, p, _ in running.values():      # a failure (or Ctrl-C, SIGTERM) stops the other builds; their checkpoints stay
             p.terminate(); p.join()
     return took
 

@@ -9,18 +9,19 @@
 # one thread each:
 #  1. the models: every build of `experiments.toy_shipped_builds` (the notebooks' own calls: the zoo, 02's preference models,
 #     04's SFT runs, 05's RFT runs), each as soon as what it needs is built (tools/rebuild_shipped.py);
-#  2. the notebooks at their defaults, on two lanes (00a -> 04 -> 06 -> 07 beside 02 -> 03 -> 05), on what step 1 built: they
-#     may build their evaluation folders (eval_*), nothing else — a model a notebook builds here is missing from the list,
-#     and the run fails.
+#  2. the notebooks at their defaults, on two lanes (00a -> 04 -> 06 beside 02 -> 03 -> 05), then 07 (it reads 03's and
+#     05's tables), on what step 1 built: they may build their evaluation folders (eval_*), nothing else — a model a
+#     notebook builds here is missing from the list (a copy of the notebooks' calls), and the run fails.
 # Any failure stops the run (the other lane too) with a non-zero exit. Nothing may come from the shipped copies.
-# Measured on 2 cores (2026-12-05, step 1 stopped after 82 min): the zoo 47 min (VAE 11 min, then the UNet 30 min on one
-# process; the oracles, CLIP, T5 and the three preference models on the other), then the SFT runs at 23-35 min each
-# (clip-cat 1397 s, clip+t5 2093 s); stopped with t5-mlp at 82 % and the keep-eot SFT and the twelve RFT runs (~3 min
-# each) to go. The builds' own times add up to about 205 min on one thread, so step 1 alone takes about 105 min on two
-# cores however it is scheduled: over the 60-minute budget, which only smaller recipes (fewer UNet or SFT steps) can meet.
-# (The previous rebuild, notebooks only, took 76 min in all on another machine of this kind, whose SFT runs took 10-13 min
-# each: these machines' speeds differ by about 2x, so time a rebuild against the builds' own times, not a clock.)
+# Measured on 2 cores (2026-12-05; step 1 stopped by hand after 82 min, so its total is an estimate): the zoo was ready at
+# 47 min (VAE 672 s, then the UNet 1795 s on one process; the oracles, CLIP, T5 and the three preference models on the
+# other), then SFT clip-cat 1397 s and clip+t5 2093 s beside it; t5-mlp was at 82 % after 15.6 min, and the keep-eot SFT and
+# the twelve RFT runs (one such run took 173 s here) had not started. Estimated from those times, the builds add up to
+# about 205 min on one thread, so step 1 needs at least about 100 min on two cores: over the 60-minute budget, which only
+# smaller recipes (fewer UNet or SFT steps) can meet. (The previous rebuild, which ran the notebooks only, took 76 min in
+# all with SFT runs of 10-13 min: the same builds ran 1.5-2x slower on this machine.)
 set -euo pipefail
+unset IN_TEST   # the defaults: smoke sizes would build smoke models
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
 cache=$(realpath -m -- "$1")
 runs=$(realpath -m -- "${REBUILD_RUNS:-/tmp/rebuild-runs}")
@@ -30,9 +31,11 @@ mkdir -p "$cache" "$runs"
 rm -rf "$runs"/*.log "$runs/builds"   # the checks at the end read every log here
 hidden=$(mktemp -d)
 trap 'for p in $(jobs -p); do pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; rm -rf "$hidden"' EXIT   # a failed lane stops the other
+trap 'exit 143' TERM INT   # killed: the EXIT trap stops what runs (rebuild_shipped.py stops its builds on SIGTERM)
 export LONGALIGN_CACHE=$cache LONGALIGN_SHIPPED=$hidden OMP_NUM_THREADS=1
 start=$(date +%s)
-python tools/rebuild_shipped.py "$cache" --workers 2 --logs "$runs/builds"
+python tools/rebuild_shipped.py "$cache" --workers 2 --logs "$runs/builds" & builds=$!
+wait "$builds" || { echo "a build failed (its log is named above): nothing to ship"; exit 1; }
 models=$(( $(date +%s) - start ))
 echo "the shipped models rebuilt in $models s"
 run() {
@@ -40,15 +43,18 @@ run() {
   papermill -k python3 "nbs/$1.ipynb" "$runs/$1.ipynb" --cwd nbs > "$runs/$1.log" 2>&1 || { echo "$1 failed: $runs/$1.log"; return 1; }
   echo "$1 done in $(( $(date +%s) - t0 )) s"
 }
-(run 00a_toyworld && run 04_sft && run 06_eval && run 07_tables) & first=$!
-(run 02_denscore && run 03_decomposition && run 05_rft) & second=$!
-wait "$first" || { echo "the 00a -> 04 -> 06 -> 07 lane failed"; exit 1; }
-wait "$second" || { echo "the 02 -> 03 -> 05 lane failed"; exit 1; }
+(run 00a_toyworld && run 04_sft && run 06_eval) &
+(run 02_denscore && run 03_decomposition && run 05_rft) &
+wait -n || { echo "a notebook lane failed: nothing to ship"; exit 1; }   # whichever ends first: a failure stops the other
+wait -n || { echo "a notebook lane failed: nothing to ship"; exit 1; }
+run 07_tables
 # nothing may come from the shipped copies (a notebook that unset LONGALIGN_SHIPPED would load them): grep finds none = 1
 set +e; grep -rlF "using the copy shipped with the package ($cache/" "$runs"/*.log "$runs/builds"; found=$?; set -e
 [ "$found" -eq 1 ] || { echo "the logs above loaded shipped copies (or could not be read): not a rebuild from scratch, nothing to ship"; exit 1; }
 # the notebooks build their evaluation folders only: any other entry they build is missing from toy_shipped_builds
-set +e; grep -hF "building toy-world entry" "$runs"/*.log | grep -F "$cache/" | grep -vF "building toy-world entry eval_"; found=$?; set -e
-[ "$found" -eq 1 ] || { echo "the notebooks built the models above, which toy_shipped_builds lacks: add them to it"; exit 1; }
+set +e; built=$(grep -hF "building toy-world entry" "$runs"/*.log); found=$?; set -e
+[ "$found" -le 1 ] || { echo "the notebooks' logs could not be read: nothing to ship"; exit 1; }
+extra=$(printf '%s\n' "$built" | grep -F "$cache/" | grep -vF "building toy-world entry eval_" || true)
+[ -z "$extra" ] || { echo "$extra"; echo "the notebooks built the models above, which toy_shipped_builds lacks: add them to it"; exit 1; }
 echo "models $models s, notebooks $(( $(date +%s) - start - models )) s: rebuilt in $(( $(date +%s) - start )) s"
 echo "ship it with: python tools/ship_models.py $cache --skip eval_ --clean"

@@ -4,7 +4,7 @@ The models a default run of the notebooks trains are copied from a toy-world cac
 entry, weights gzip-compressed, each with the manifest (config, SHA-256 of every file, metrics) it was built with. A
 newcomer's first run then loads them (`toyworld.cached_build` verifies every hash first) instead of training them.
 
-    bash tools/rebuild_shipped.sh /tmp/fresh-cache          # the notebooks at their defaults, from scratch, on two lanes
+    bash tools/rebuild_shipped.sh /tmp/fresh-cache          # every shipped model from scratch, then the notebooks on them
     python tools/ship_models.py /tmp/fresh-cache --skip eval_ --clean   # ship what that default run built
     longalign-zoo --verify                                  # check the shipped copies
 
