@@ -225,10 +225,10 @@ def toy_rft(
         other_cfg = replace(denscore_cfg, loss=other) if denscore_cfg is not None and other != "clip" else None
         model = denscore if reward == "denscore" else toy_preference_model(other, other_cfg, zoo=zoo, progress=progress)
     sft = toy_sft(cfg.encoders, sft_cfg, zoo=zoo, progress=progress)
-    V = dataset_direction(denscore, prompts)               # the evaluation's Denscore-O and C_X·V
     def build(folder: Path, work: Path):
         import shutil
         t0 = time.time()
+        V = dataset_direction(denscore, prompts)           # the evaluation's Denscore-O and C_X·V (a cached run skips it)
         lora = train_rft(work, prompts, model, cfg, "toy", None, sft, zoo, eval_steps=eval_steps,   # V: the reward's own (Eq. 7)
                          evaluate=toy_evaluator(zoo, denscore, V, n_eval), progress=progress, cpu=True)
         shutil.copytree(lora, folder / "lora")
