@@ -374,17 +374,14 @@ def check_shipped_builds() -> list:
     """Resolve every build of `toy_shipped_builds` from the shipped copies alone (an empty cache, `LONGALIGN_NO_BUILD`
     set); their entries' names, which must be exactly the shipped ones (raises otherwise, naming the difference)."""
     import tempfile
-    unknown = {n for needs, _ in toy_shipped_builds().values() for n in needs} - set(toy_shipped_builds())
-    if unknown: raise ValueError(f"toy_shipped_builds: needs {sorted(unknown)} are not builds of the list")
+    from unittest.mock import patch
     shipped = sorted(p.name for p in shipped_root().iterdir() if (p / "manifest.json").exists())
     with tempfile.TemporaryDirectory() as tmp:
-        old = os.environ.get("LONGALIGN_NO_BUILD"); os.environ["LONGALIGN_NO_BUILD"] = "1"
-        try:
-            with quiet_loading():
-                for name, (_, build) in toy_shipped_builds(tmp).items(): build()   # MissingEntryError: a call the shipped copies lack
-        finally:
-            if old is None: del os.environ["LONGALIGN_NO_BUILD"]
-            else: os.environ["LONGALIGN_NO_BUILD"] = old
+        builds = toy_shipped_builds(tmp)
+        unknown = {n for needs, _ in builds.values() for n in needs} - set(builds)
+        if unknown: raise ValueError(f"toy_shipped_builds: needs {sorted(unknown)} are not builds of the list")
+        with patch.dict(os.environ, LONGALIGN_NO_BUILD="1"), quiet_loading():     # restored as it was afterwards
+            for name, (_, build) in builds.items(): build()   # MissingEntryError: a call the shipped copies lack
         built = sorted(p.name for p in Path(tmp).iterdir() if (p / "manifest.json").exists())
     if built != shipped: raise ValueError(f"toy_shipped_builds resolves to entries that do not ship {sorted(set(built) - set(shipped))} "
                                           f"and leaves shipped ones unbuilt {sorted(set(shipped) - set(built))}")
