@@ -14,7 +14,7 @@ from torch import nn
 
 from .core import fid_from_features, get_preset, mean_pairwise_distance, quiet_loading
 from .toyworld import (Oracle, Zoo, ZooConfig, background_distance, build_zoo, cache_root, cached_build, caption_bootstrap,
-                                config_hash, hits_by_cut, long_caption, long_caption_dataset, preference_dataset, PreferenceConfig, render, scenes,
+                                config_hash, hits_by_cut, paired_bootstrap, long_caption, long_caption_dataset, preference_dataset, PreferenceConfig, render, scenes,
                                 toy_image_features, train_oracle, build_zoo_part, shipped_root)
 from .preference import PreferenceModel, PreferenceTrainConfig, train_preference_model
 from .longsd import sample_long
@@ -26,8 +26,8 @@ from .evaluation import (PairwiseJudge, ToyJudgeClient, _to_pil, _zoo_id, evalua
 # %% auto #0
 __all__ = ['TOY_REWARDS', 'ToyWorld', 'toy_world', 'toy_preference_model', 'toy_preference_configs', 'retrieval_table_settings',
            'toy_sft', 'toy_evaluator', 'toy_eval_set', 'evaluate_toy', 'toy_prompt_captions', 'toy_prompts',
-           'OracleReward', 'toy_rft', 'toy_models', 'toy_eval_folder', 'toy_benchmark', 'record_table', 'read_table',
-           'toy_shipped_builds', 'check_shipped_builds']
+           'OracleReward', 'toy_rft', 'oracle_gain', 'toy_models', 'toy_eval_folder', 'toy_benchmark', 'record_table',
+           'read_table', 'toy_shipped_builds', 'check_shipped_builds']
 
 # %% ../nbs/08_experiments.ipynb #85d12ac3
 class ToyWorld(Zoo):
@@ -244,6 +244,16 @@ def toy_rft(
 TOY_REWARDS = {"denscore": "seg-o", "pickscore": "single", "clip": "clip"}
 
 
+# %% ../nbs/08_experiments.ipynb #65c35130
+def oracle_gain(evals, part: str = "all") -> tuple:
+    """A toy run's oracle accuracy at its last evaluation minus its first (the model it started from), in points, on the same
+    captions and seeds, with a paired 95 % interval over captions: `(difference, low, high)`; `evals` is `rft.read_run`'s second
+    table (any order of rows), `part` 'all', 'before_cut' or 'after_cut'."""
+    e = evals.sort_values("step")
+    first, last = e.iloc[0], e.iloc[-1]
+    return tuple(100 * x for x in paired_bootstrap(first[f"oracle_hits_{part}"], last[f"oracle_hits_{part}"], first[f"oracle_facts_{part}"]))
+
+
 # %% ../nbs/08_experiments.ipynb #a397b696
 def toy_models(zoo=None, denscore_cfg=None, sft_cfg=None, rft_cfg: dict | None = None, n_prompts: int = 1000, n_eval: int = 64) -> dict:
     "name -> `sample_folder` keyword arguments for the toy world's base, longSD(S) and longSD(S+R) (ω = 0.3 and 1)."
@@ -342,7 +352,7 @@ def read_table(name: str, zoo, settings: dict):
 def toy_shipped_builds(cache_dir=None) -> dict:
     """name -> (the names whose entries it reads before it trains, a function of no arguments that builds or loads it): every
     toy model the package ships, with the notebooks' calls and defaults (00a's zoo, 02's preference models, 04's SFT runs,
-    05's RFT runs), listed longest chain first (`tools/rebuild_shipped.py` starts the first one whose needs are built). The
+    05's and 05a's RFT runs), listed longest chain first (`tools/rebuild_shipped.py` starts the first one whose needs are built). The
     zoo's oracle is read only when the VAE and the UNet are evaluated, after training: built meanwhile on another process
     (or waited for on its lock), it is not a need of theirs."""
     zc = ZooConfig()

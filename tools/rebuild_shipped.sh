@@ -9,8 +9,8 @@
 # one thread each:
 #  1. the models: every build of `experiments.toy_shipped_builds` (the notebooks' own calls: the zoo, 02's preference models,
 #     04's SFT runs, 05's RFT runs), each as soon as what it needs is built (tools/rebuild_shipped.py);
-#  2. the notebooks at their defaults, on two lanes (00a -> 04 -> 06 beside 02 -> 03 -> 05), then 07 (it reads 03's and
-#     05's tables), on what step 1 built: they may build their evaluation folders (eval_*), nothing else — a model a
+#  2. the notebooks at their defaults, on two lanes (00a -> 04 -> 06 beside 02 -> 03 -> 05 -> 05a), then 07 (it reads 03's
+#     and 05a's tables), on what step 1 built: they may build their evaluation folders (eval_*), nothing else — a model a
 #     notebook builds here is missing from the list (a copy of the notebooks' calls), and the run fails.
 # Any failure stops the run (the other lane too) with a non-zero exit. Nothing may come from the shipped copies.
 # Measured on 2 cores (2026-12-05; step 1 stopped by hand after 82 min, so its total is an estimate): the zoo was ready at
@@ -44,7 +44,7 @@ run() {
   echo "$1 done in $(( $(date +%s) - t0 )) s"
 }
 (run 00a_toyworld && run 04_sft && run 06_eval) &
-(run 02_denscore && run 03_decomposition && run 05_rft) &
+(run 02_denscore && run 03_decomposition && run 05_rft && run 05a_rft_limits) &
 wait -n || { echo "a notebook lane failed: nothing to ship"; exit 1; }   # whichever ends first: a failure stops the other
 wait -n || { echo "a notebook lane failed: nothing to ship"; exit 1; }
 run 07_tables
