@@ -8,7 +8,7 @@
 # Into an empty cache, with the shipped copies hidden (LONGALIGN_SHIPPED points at an empty folder), on two processes with
 # one thread each:
 #  1. the models: every build of `experiments.toy_shipped_builds` (the notebooks' own calls: the zoo, 02's preference models,
-#     04's SFT runs, 05's RFT runs), each as soon as what it needs is built (tools/rebuild_shipped.py);
+#     04's SFT runs, 05's and 05a's RFT runs), each as soon as what it needs is built (tools/rebuild_shipped.py);
 #  2. the notebooks at their defaults, on two lanes (00a -> 04 -> 06 beside 02 -> 03 -> 05 -> 05a), then 07 (it reads 03's
 #     and 05a's tables), on what step 1 built: they may build their evaluation folders (eval_*), nothing else — a model a
 #     notebook builds here is missing from the list (a copy of the notebooks' calls), and the run fails.
