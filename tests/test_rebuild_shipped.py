@@ -61,3 +61,29 @@ def test_needs_outside_the_list_or_in_a_cycle_are_refused(tmp_path):
         rs.run_builds("test_rebuild_shipped:cycle", tmp_path, workers=2, logs=tmp_path, say=lambda *_: None)
     with pytest.raises(ValueError, match=r"needs \['nowhere'\] are not builds of the list"):
         rs.run_builds("test_rebuild_shipped:unknown_need", tmp_path, workers=2, logs=tmp_path, say=lambda *_: None)
+
+
+import compare_claims as cc
+
+
+def _claim(measure, value, lo=None, hi=None):
+    return {"claim": "T4", "measure": measure, "model": "m", "value": value, "ci_low": lo, "ci_high": hi, "n": 10}
+
+
+def test_compare_claims_reports_intervals_and_flipped_directions(tmp_path, capsys):
+    committed = [_claim("gain", 2.0, 0.5, 3.5), _claim("loss", -4.0, -6.0, -2.0), _claim("fid", 2.3), _claim("flat", 0.2, -1.0, 1.4)]
+    same_way = [_claim("gain", 3.0), _claim("loss", -7.0), _claim("fid", 2.9), _claim("flat", -0.8)]
+    rows = {r["measure"]: r for r in cc.compare(committed, same_way)}
+    assert [rows[m]["inside"] for m in ("gain", "loss", "fid", "flat")] == [True, False, None, True]
+    assert not any(r["flipped"] for r in rows.values())              # -0.8 for 'flat': its interval holds 0, no direction
+    assert abs(rows["fid"]["diff"] - 0.6) < 1e-9
+    flipped = [_claim("gain", -0.1), _claim("loss", -3.0), _claim("fid", 2.3), _claim("flat", 0.2)]
+    assert [r["measure"] for r in cc.compare(committed, flipped) if r["flipped"]] == ["gain"]
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(committed)); b.write_text(json.dumps(same_way)); c.write_text(json.dumps(flipped))
+    assert cc.main([str(a), str(b)]) == 0 and "of the 3 with an interval, 2 rebuilt values lie inside" in capsys.readouterr().out
+    assert cc.main([str(a), str(c)]) == 1 and "| T4 | gain | m | 2.00 | -0.10 | -2.10 | no, the direction flips |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"only in the first \[\('T4', 'fid', 'm'\)\]"):
+        cc.compare(committed, same_way[:2] + same_way[3:])
+    with pytest.raises(SystemExit, match="not a readable claims table"):
+        cc.main([str(a), str(tmp_path / "missing.json")])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild every shipped toy model from scratch (maintainers; never run by CI), run the notebooks on what it built, then ship.
 #
-#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # the models, then the notebooks (~2 h); logs, executed notebooks in /tmp/rebuild-runs
+#   bash tools/rebuild_shipped.sh /tmp/fresh-cache          # the models, then the notebooks (50 min to 2 h); logs, executed notebooks in /tmp/rebuild-runs
 #   python tools/ship_models.py /tmp/fresh-cache --skip eval_ --clean   # then ship it (the script prints this line)
 #   longalign-zoo --verify && git add longalign/shipped     # check the copies, commit them with the notebooks' outputs
 #
@@ -13,13 +13,12 @@
 #     and 05a's tables), on what step 1 built: they may build their evaluation folders (eval_*), nothing else — a model a
 #     notebook builds here is missing from the list (a copy of the notebooks' calls), and the run fails.
 # Any failure stops the run (the other lane too) with a non-zero exit. Nothing may come from the shipped copies.
-# Measured on 2 cores (2026-12-05; step 1 stopped by hand after 82 min, so its total is an estimate): the zoo was ready at
-# 47 min (VAE 672 s, then the UNet 1795 s on one process; the oracles, CLIP, T5 and the three preference models on the
-# other), then SFT clip-cat 1397 s and clip+t5 2093 s beside it; t5-mlp was at 82 % after 15.6 min, and the keep-eot SFT and
-# the twelve RFT runs (one such run took 173 s here) had not started. Estimated from those times, the builds add up to
-# about 205 min on one thread, so step 1 needs at least about 100 min on two cores: over the 60-minute budget, which only
-# smaller recipes (fewer UNet or SFT steps) can meet. (The previous rebuild, which ran the notebooks only, took 76 min in
-# all with SFT runs of 10-13 min: the same builds ran 1.5-2x slower on this machine.)
+# Measured, the whole script into an empty cache, nothing else running (2026-12-05, two cores of an Intel Xeon with
+# AVX-512): the 26 builds in 41.7 min (2502 s; their own times add up to 78.4 min: VAE 228 s -> UNet 654 s -> SFT clip-cat
+# 490 s is the longest chain, the twelve RFT runs ~65 s each), the notebooks in 451 s more: 49 min in all. Every claim of
+# the rebuilt nbs/toy_claims.json kept its direction and the 65 values with an interval lay inside the committed ones
+# (tools/compare_claims.py, which the script runs last). The same builds took 1.5-3x longer on an AMD EPYC with AVX2 only (VAE 672 s, UNet
+# 1795 s, SFT clip-cat 1397 s: about 205 min on one thread, so about 100 min on two cores; stopped by hand at 82 min).
 set -euo pipefail
 unset IN_TEST   # the defaults: smoke sizes would build smoke models
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
@@ -57,4 +56,8 @@ set +e; built=$(grep -hF "building toy-world entry" "$runs"/*.log); found=$?; se
 extra=$(printf '%s\n' "$built" | grep -F "$cache/" | grep -vF "building toy-world entry eval_" || true)
 [ -z "$extra" ] || { echo "$extra"; echo "the notebooks built the models above, which toy_shipped_builds lacks: add them to it"; exit 1; }
 echo "models $models s, notebooks $(( $(date +%s) - start - models )) s: rebuilt in $(( $(date +%s) - start )) s"
+# does the rebuild reproduce the committed claims? 07 rewrote nbs/toy_claims.json; the table goes beside the logs
+python tools/compare_claims.py <(git show HEAD:nbs/toy_claims.json) nbs/toy_claims.json > "$runs/claims_vs_committed.md" \
+  && tail -n 1 "$runs/claims_vs_committed.md" \
+  || { tail -n 1 "$runs/claims_vs_committed.md"; echo "a claim's direction flips against the committed table: read $runs/claims_vs_committed.md before shipping"; }
 echo "ship it with: python tools/ship_models.py $cache --skip eval_ --clean"
