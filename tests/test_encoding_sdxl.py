@@ -18,7 +18,9 @@ SHORT = "A red circle. It is small. A blue square."
 
 def test_sdxl_keep_all_at_77_equals_the_pipelines_encode_prompt(pipe):
     """Where the policies coincide (one segment, every special token and <pad> kept, 77 positions), the segment encoder is
-    diffusers' SDXL encoding: both towers' penultimate states, the pooled vector, zeros for negative_prompt=None."""
+    diffusers' SDXL encoding: both towers' penultimate states, the pooled vector, zeros for negative_prompt=None. Up to
+    rounding: prompts and negatives go through the towers in one batch here, in two there, and on some CPUs (an AVX-512 Xeon)
+    a product's last bit depends on the batch size."""
     from longalign.encoding import encoder_from_preset
     enc = LongPromptEncoder.from_pipe(pipe, target_length=77, policy="keep-all")
     assert enc.layer == "penultimate" and enc.zero_negative and enc.config()["towers"] == 2
@@ -28,7 +30,7 @@ def test_sdxl_keep_all_at_77_equals_the_pipelines_encode_prompt(pipe):
             ours = enc.encode_prompt([SHORT, "A green star."], negative_prompt=neg, num_images_per_prompt=2)
             ref = pipe.encode_prompt([SHORT, "A green star."], device="cpu", num_images_per_prompt=2,
                                      do_classifier_free_guidance=True, negative_prompt=neg)
-            for a, b in zip(ours, ref): torch.testing.assert_close(a, b, rtol=0, atol=0)
+            for a, b in zip(ours, ref): torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert ours[0].shape == (4, 77, W1 + W2) and ours[2].shape == (4, PROJ)
     assert not torch.equal(ours[1], torch.zeros_like(ours[1]))          # an explicit negative is encoded
     with torch.no_grad(): zero = enc.encode(SHORT)
