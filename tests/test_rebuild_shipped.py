@@ -85,5 +85,6 @@ def test_compare_claims_reports_intervals_and_flipped_directions(tmp_path, capsy
     assert cc.main([str(a), str(c)]) == 1 and "| T4 | gain | m | 2.00 | -0.10 | -2.10 | no, the direction flips |" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"only in the first \[\('T4', 'fid', 'm'\)\]"):
         cc.compare(committed, same_way[:2] + same_way[3:])
-    with pytest.raises(SystemExit, match="not a readable claims table"):
-        cc.main([str(a), str(tmp_path / "missing.json")])
+    c.write_text(json.dumps(same_way[:2]))
+    assert cc.main([str(a), str(c)]) == 2 and "cannot be compared: the two tables hold different measures" in capsys.readouterr().err
+    assert cc.main([str(a), str(tmp_path / "missing.json")]) == 2 and "not a readable claims table" in capsys.readouterr().err

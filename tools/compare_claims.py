@@ -5,9 +5,9 @@
 
 One row per measure (matched by claim, measure and model): both values, the difference, and whether the rebuilt value lies
 inside the committed 95 % interval (where the measure has one) and on the same side of zero (where the interval of the
-committed value excludes zero: the claim's direction). Prints the table and a summary; exits 1 when the tables do not
-hold the same measures or a direction flips, 0 otherwise (a value outside the other's interval alone is reported, not an
-error: two estimates of one quantity fall outside each other's interval now and then)."""
+committed value excludes zero: the claim's direction). Prints the table and a summary; exits 1 when a direction flips, 2
+when a file is unreadable or the two tables do not hold the same measures, 0 otherwise (a value outside the other's
+interval alone is reported, not an error: two estimates of one quantity fall outside each other's interval now and then)."""
 import argparse, json, sys
 
 
@@ -39,8 +39,11 @@ def main(argv=None) -> int:
     tables = []
     for f in (a.committed, a.rebuilt):
         try: tables.append(json.loads(open(f).read()))
-        except (OSError, ValueError) as e: sys.exit(f"{f}: not a readable claims table ({e}); give two toy_claims.json files")
-    rows = compare(*tables)
+        except (OSError, ValueError) as e:
+            print(f"{f}: not a readable claims table ({e}); give two toy_claims.json files", file=sys.stderr); return 2
+    try: rows = compare(*tables)
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"the claims tables cannot be compared: {e}", file=sys.stderr); return 2
     fmt = lambda x: "" if x is None else f"{x:.2f}"
     print("| claim | measure | model | committed | rebuilt | difference | inside the committed interval |\n|---|---|---|---|---|---|---|")
     for r in rows:
