@@ -17,8 +17,8 @@
 # AVX-512): the 26 builds in 41.7 min (2502 s; their own times add up to 78.4 min: VAE 228 s -> UNet 654 s -> SFT clip-cat
 # 490 s is the longest chain, the twelve RFT runs ~65 s each), the notebooks in 451 s more: 49 min in all. Every claim of
 # the rebuilt nbs/toy_claims.json kept its direction and the 65 values with an interval lay inside the committed ones
-# (tools/compare_claims.py, which the script runs last). The same builds took 1.5-3x longer on an AMD EPYC with AVX2 only (VAE 672 s, UNet
-# 1795 s, SFT clip-cat 1397 s: about 205 min on one thread, so about 100 min on two cores; stopped by hand at 82 min).
+# (tools/compare_claims.py, which the script runs last). The same builds took 2.7-3x as long on an AMD EPYC with AVX2 only (VAE 672 s,
+# UNet 1795 s, SFT clip-cat 1397 s: about 205 min on one thread, so about 100 min on two cores; stopped by hand at 82 min).
 set -euo pipefail
 unset IN_TEST   # the defaults: smoke sizes would build smoke models
 [ $# -ge 1 ] || { echo "usage: bash tools/rebuild_shipped.sh <empty cache folder>"; exit 2; }
