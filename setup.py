@@ -34,7 +34,7 @@ setuptools.setup(
                 + ["Programming Language :: Python :: " + v for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=["longalign", "longalign.*"]),
     include_package_data=True,
-    package_data={"longalign": ["shipped/*/*", "shipped/*/*/*"]},   # the toy models that ship pre-built (tools/ship_models.py)
+    package_data={"longalign": ["shipped/**/*"]},   # the toy models that ship pre-built (tools/ship_models.py)
     install_requires=reqs("requirements"),
     extras_require={"dev": reqs("dev_requirements"), "bench": reqs("bench_requirements")},
     python_requires=">=" + min_python,

@@ -55,3 +55,17 @@ def test_every_shipped_model_is_a_notebook_call_that_loads_without_training(monk
         if name.startswith("rft_"):     # every RFT run was evaluated at its start, half-way and its end
             evals = rft.read_run(tw.shipped_root() / name)[1]
             assert list(evals.step) == [0, 20, 40] and {"oracle_hits_all", "diversity"} <= set(evals.columns), name
+
+
+def test_a_wheel_carries_every_shipped_file(tmp_path):
+    """A non-editable install (`pip install .`, a wheel) gets every shipped file, however deep it lies (LoRA folders hold
+    a t5_adapter/ one level below the others: a `shipped/*/*/*` pattern left those out)."""
+    import subprocess, sys, zipfile
+    from pathlib import Path
+    root = Path(tw.__file__).parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(root.parent)], check=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    in_wheel = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("longalign/shipped/")}
+    shipped = {p.relative_to(root.parent).as_posix() for p in (root / "shipped").rglob("*") if p.is_file()}
+    assert len(shipped) > 100 and shipped <= in_wheel, sorted(shipped - in_wheel)
