@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #a13ae311
 from __future__ import annotations
-import contextlib, csv, dataclasses, functools, gzip, importlib, json, math, os, platform, random, shutil, socket, sys, time, warnings
+import contextlib, csv, dataclasses, functools, gzip, importlib, json, math, os, platform, random, shutil, socket, sys, tempfile, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -355,12 +355,14 @@ def clip_tokenizer_files(cache_dir=None) -> Path:
     merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
     vocab = list(_bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    tmp = out.with_name(f".tmp-clip-tokenizer-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-clip-tokenizer-", dir=out.parent))   # one per writer, threads included
     (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    if out.exists(): shutil.rmtree(tmp)         # another process won the race
-    else: os.rename(tmp, out)
+    try: os.rename(tmp, out)
+    except OSError:                             # another writer won the race: its folder is complete (renamed whole)
+        shutil.rmtree(tmp)
+        if not (out / "vocab.json").exists(): raise
     return out
 
 def clip_tokenizer(cache_dir=None, fast: bool = False):
@@ -546,6 +548,11 @@ class TrainConfig:
     progress: bool = True                   # tqdm bar on the main process
     fused_optimizer: bool = False           # AdamW's fused kernel (CPU and CUDA): the same update up to rounding, in fewer passes
 
+    def __post_init__(self):
+        for name in ("max_steps", "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} must be an integer >= 1")
+
     def micro_batch(self, num_processes: int) -> int:
         "Samples per process per micro-batch."
         per = self.batch_size // (num_processes * self.grad_accum)
@@ -677,10 +684,13 @@ def _load_checkpoint(acc, model, opt, sched, path: Path) -> int:
     with torch.no_grad():
         for k, p in inner.named_parameters():
             if k in weights: p.copy_(weights[k].to(p.device, p.dtype))
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    # to the CPU first: process 0 saved its optimizer state from its own GPU; `load_state_dict` moves it to each
+    # process's parameters (without map_location every process would rebuild it on cuda:0, and a CPU could not resume)
+    load = lambda f: torch.load(f, map_location="cpu", weights_only=True)
+    opt.load_state_dict(load(path / "optimizer.pt"))
+    sched.load_state_dict(load(path / "scheduler.pt"))
     rng = path / f"rng-{acc.process_index}.pt"
-    if state["num_processes"] == acc.num_processes and rng.exists(): _set_rng_state(torch.load(rng, weights_only=True))
+    if state["num_processes"] == acc.num_processes and rng.exists(): _set_rng_state(load(rng))
     else: print(f"checkpoint {path.name} was written by {state['num_processes']} processes, this run has {acc.num_processes}: "
                 "data order and weights resume exactly, per-process random streams are re-seeded")
     return state["step"]
@@ -698,12 +708,17 @@ def _check_or_write_config(out: Path, cfg: TrainConfig, record: dict, resuming: 
     if resuming and path.exists():
         old = json.loads(path.read_text())
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}   # a field newer than the run: its default
+        # max_steps may grow only under a constant schedule: the others are functions of max_steps that a checkpoint
+        # does not hold, so the learning rate would jump at the resumed step
+        free = _RESUME_FREE if cfg.lr_scheduler in ("constant", "constant_with_warmup") else _RESUME_FREE - {"max_steps"}
         diff = [k for k in sorted(set(old["train"]) | set(new["train"]))
-                if k not in _RESUME_FREE and old["train"].get(k, defaults.get(k)) != new["train"].get(k, defaults.get(k))]
+                if k not in free and old["train"].get(k, defaults.get(k)) != new["train"].get(k, defaults.get(k))]
         diff += [k for k in ("preset", "settings") if json.loads(json.dumps(old.get(k), default=str)) != json.loads(json.dumps(new.get(k), default=str))]
         if diff:
-            raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)}); resuming would mix two runs. "
-                             f"Use another output_dir, or the same settings. Nothing was changed on disk.")
+            why = (f" (max_steps can grow on resume only under a constant schedule, not under '{cfg.lr_scheduler}')"
+                   if "max_steps" in diff else "")
+            raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)}){why}; resuming would mix two "
+                             f"runs. Use another output_dir, or the same settings. Nothing was changed on disk.")
     _write_json_atomic(path, json.loads(json.dumps(new, default=str)))
 
 def _truncate_metrics(path: Path, step: int):

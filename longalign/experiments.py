@@ -288,7 +288,8 @@ def toy_eval_folder(
         return {"seconds": round(time.time() - t0, 1)}
     key = {"model": name, "encoders": spec.get("encoders"), "lora": [Path(p).parent.name + "/" + Path(p).name for p in spec.get("lora", ())],
            "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16], "steps": steps, "fid": reference_scenes is not None,
-           "denscore": world.load("denscore").cache_entry}   # the preference model that scores it (its cache entry)
+           "denscore": world.load("denscore").cache_entry,   # the preference model that scores it (its cache entry)
+           "zoo": _zoo_id(zoo)}   # the UNet, VAE, encoders and oracle that sample and judge it (the base model has no LoRA to name them)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return cached_build(f"eval_{slug}", key, build, zoo.cache_dir)
 
