@@ -30,13 +30,14 @@ def rft_scheduler(scheduler):
     return DDIMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
 
 def grad_step_indices(steps: int, grad_steps: int, generator: torch.Generator | None = None) -> list[int]:
-    "The K = `grad_steps` of N = `steps` sampler steps that carry gradient: every N // K-th, from a random offset."
+    """The K = `grad_steps` of N = `steps` sampler steps that carry gradient: every N // K-th, from a random offset drawn so
+    that every step can be among them (when K does not divide N, the offset ranges over the N - (K - 1)·(N // K) steps left)."""
     if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps (N) = {steps!r}: the sampler needs at least one step")
     if not isinstance(grad_steps, int) or not 0 <= grad_steps <= steps:
         raise ValueError(f"grad_steps (K) = {grad_steps!r} must be between 0 and steps (N) = {steps}")
     if grad_steps == 0: return []
     interval = steps // grad_steps
-    offset = int(torch.randint(0, interval, (1,), generator=generator))
+    offset = int(torch.randint(0, steps - (grad_steps - 1) * interval, (1,), generator=generator))
     return [offset + j * interval for j in range(grad_steps)]
 
 def guided_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float,
@@ -249,6 +250,7 @@ class RFTConfig:
     def __post_init__(self):
         check_omega(self.omega, self.allow_extrapolation)
         grad_step_indices(self.sampler_steps, self.grad_steps)
+        if self.grad_steps < 1: raise ValueError(f"grad_steps (K) = {self.grad_steps}: RFT needs at least one step on the gradient path")
         check_compile_backend(self.compile_backend)
 
     def key(self) -> dict:
@@ -302,7 +304,8 @@ def train_rft(
     pipe, enc = models or load_long_sd(preset, cfg.encoders, zoo, overrides, lora=sft_lora, fuse=True)
     if enc.encoders != cfg.encoders: raise ValueError(f"the encoder has encoders={enc.encoders!r}, cfg.encoders={cfg.encoders!r}")
     if isinstance(reward_model, PreferenceModel):
-        V_data = dataset_direction(reward_model, prompts, cfg.kind)   # also fills the reward's text cache in a fixed order
+        reward_model.requires_grad_(False).eval()   # frozen first: only a frozen model caches its text embeddings, and
+        V_data = dataset_direction(reward_model, prompts, cfg.kind)   # this fills that cache with every prompt in a fixed order
         V = V_data if V is None else V
         reward = PreferenceReward(reward_model, cfg.omega, V, cfg.kind, cfg.direction, cfg.allow_extrapolation)
     else: reward = reward_model
