@@ -11,8 +11,8 @@ from torch import nn
 
 
 # %% auto #0
-__all__ = ['common_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection', 'score_tables',
-           'paired_unpaired', 'retrieval_hits', 'r_at_1', 'paired_difference', 'random_init_like']
+__all__ = ['common_direction', 'check_direction', 'decompose', 'reweight', 'batch_common_direction', 'RunningDirection',
+           'score_tables', 'paired_unpaired', 'retrieval_hits', 'r_at_1', 'paired_difference', 'random_init_like']
 
 # %% ../nbs/03_decomposition.ipynb #689505bb
 def common_direction(text_embeds: torch.Tensor) -> torch.Tensor:
@@ -21,9 +21,20 @@ def common_direction(text_embeds: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"text_embeds must be a non-empty (n, d) tensor, got shape {tuple(text_embeds.shape)}")
     return F.normalize(text_embeds.mean(0), dim=0)
 
+def check_direction(V, dim: int) -> torch.Tensor:
+    "V itself, if it is a unit vector (dim,); else a ValueError that says how to get one."
+    how = "compute it with common_direction(text_embeds) of the same model"
+    if not torch.is_tensor(V) or V.ndim != 1 or V.shape[0] != dim:
+        got = f"shape {tuple(V.shape)}" if torch.is_tensor(V) else type(V).__name__
+        raise ValueError(f"V must be a 1-D direction with the text embeddings' {dim} dimensions, got {got}: {how}")
+    norm = float(V.detach().float().norm())
+    if abs(norm - 1) > 1e-2:        # lenient: a unit vector rounded through bf16 has a norm up to 2e-3 off
+        raise ValueError(f"V must be a unit vector, got norm {norm:.4g}: {how}")
+    return V
+
 def decompose(text_embeds: torch.Tensor, V: torch.Tensor) -> tuple:
-    "(perp, eta): text_embeds = perp + eta[..., None] * V, with perp · V = 0."
-    eta = text_embeds @ V
+    "(perp, eta): text_embeds = perp + eta[..., None] * V, with perp · V = 0 (V: a unit vector, e.g. `common_direction`)."
+    eta = text_embeds @ check_direction(V, text_embeds.shape[-1])
     return text_embeds - eta[..., None] * V, eta
 
 def reweight(text_embeds: torch.Tensor, V: torch.Tensor, omega: float) -> torch.Tensor:
@@ -93,7 +104,8 @@ def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple:
     return float(d.mean()), float(1.96 * d.std() / len(d) ** 0.5)
 
 def random_init_like(model):
-    "A model of the same class and config with freshly initialised weights (the untrained baseline of the cone effect)."
-    torch.manual_seed(0)
-    return type(model)(model.config).eval()
+    "A model of the same class and config with freshly initialised weights (seed 0; the global RNG is left as it was)."
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return type(model)(model.config).eval()
 

@@ -189,7 +189,8 @@ class LongPromptEmbeds:
     spans: list                             # per prompt, per encoded segment: (start, end) positions in `prompt_embeds`
     segments: list                          # per prompt: the encoded segments' texts (after packing, if any)
     dropped: list                           # per prompt: segments left out to fit `target_length`
-    dropped_tokens: list                    # per prompt: content tokens that were not encoded (0: the whole prompt is in)
+    dropped_tokens: list                    # per prompt: CLIP content tokens that were not encoded (0: the whole prompt is in)
+    t5_dropped_tokens: list                 # per prompt: T5 tokens cut at `t5_length` (0 without a T5 branch)
     pooled_prompt_embeds: torch.Tensor | None = None            # SDXL: (n, projection dim) from the second tower
     negative_pooled_prompt_embeds: torch.Tensor | None = None   # SDXL: the negatives' pooled vectors
 
@@ -248,6 +249,9 @@ class LongPromptEncoder:
         zero_negative: bool = False,        # negative_prompt=None gives zeros, not '' (SDXL's `force_zeros_for_empty_prompt`)
     ):
         if mode not in ("robust", "compat"): raise ValueError(f"mode={mode!r}: choose 'robust' or 'compat'")
+        if mode == "compat" and get_policy(policy) != POLICIES["paper"]:
+            raise ValueError(f"mode='compat' splits prompts as the official code does, which joins segments with the paper's "
+                             f"policy only: policy={policy_name(get_policy(policy)) or policy!r} needs mode='robust'")
         if encoders not in ("clip-cat", "t5-mlp", "clip+t5"):
             raise ValueError(f"encoders={encoders!r}: choose 'clip-cat', 't5-mlp' or 'clip+t5'")
         if "t5" in encoders and (t5 is None or t5_tokenizer is None or t5_adapter is None):
@@ -460,20 +464,23 @@ class LongPromptEncoder:
         return torch.stack(embeds), (types != PAD_STAR).long(), types, torch.tensor(all_ids), spans, kept, dropped, pooled
 
     def _t5(self, texts: list[str], labels: list[str]) -> tuple:
-        """T5 on the whole caption -> adapter. Robust: T5 sees an attention mask (its states do not depend on the padding);
-        compat: no mask, as the official code. Both keep all `t5_length` positions (the UNet was trained on them)."""
+        """T5 on the whole caption -> adapter, and the T5 tokens cut at `t5_length` per text (warned in both modes). Robust: T5
+        sees an attention mask (its states do not depend on the padding); compat: no mask, as the official code. Both keep
+        all `t5_length` positions (the UNet was trained on them)."""
         tok = self.t5_tokenizer
         enc = tok(texts, max_length=self.t5_length, padding="max_length", truncation=True, return_tensors="pt")
-        if self.mode == "robust":
-            long = [(label, n) for label, t in zip(labels, texts) if (n := len(tok(t, verbose=False).input_ids)) > self.t5_length]
-            if long: warnings.warn(f"LongPromptEncoder: {len(long)} texts exceed t5_length={self.t5_length} T5 tokens and were cut "
-                                   f"for the T5 branch (their CLIP segments are whole): " +
-                                   ", ".join(f"{label} has {n}" for label, n in long[:5]), SegmentsDroppedWarning, stacklevel=3)
+        lengths = [len(i) for i in tok(texts, verbose=False).input_ids]
+        cut = [max(0, n - self.t5_length) for n in lengths]
+        if long := [f"{label} lost {c} of {n} T5 tokens" for label, c, n in zip(labels, cut, lengths) if c]:
+            warnings.warn(f"LongPromptEncoder(t5_length={self.t5_length}, mode={self.mode!r}) cut text for the T5 branch: "
+                          + "; ".join(long[:5]) + (f"; and {len(long) - 5} more" if len(long) > 5 else "") +
+                          ". To keep everything, raise t5_length or shorten the text; the counts are in `.t5_dropped_tokens`.",
+                          SegmentsDroppedWarning, stacklevel=3)
         dev = self.t5.device
         mask = enc.attention_mask.to(dev)
         with torch.set_grad_enabled(self._tower_grad(self.t5)):
             h = self.t5(input_ids=enc.input_ids.to(dev), attention_mask=None if self.mode == "compat" else mask).last_hidden_state
-        return self.adapt(h), enc.attention_mask, torch.full(enc.input_ids.shape, T5_TOKEN)
+        return self.adapt(h), enc.attention_mask, torch.full(enc.input_ids.shape, T5_TOKEN), cut
 
     def adapt(self, t5_hidden: torch.Tensor) -> torch.Tensor:
         "The T5 adapter on T5 hidden states (the adapter's dtype), with autograd while it has parameters that require grad."
@@ -528,7 +535,7 @@ class LongPromptEncoder:
         uniq = [] if zeros else list(dict.fromkeys(negs))
         texts, n = prompts + uniq, len(prompts)
         labels = [f"prompt[{i}]" for i in range(n)] + [f"negative_prompt {t!r:.30}" for t in uniq]
-        parts, pooled = [], None
+        parts, pooled, t5_dropped = [], None, [0] * len(texts)
         if self.encoders != "t5-mlp":
             plans = [self._plan(t) for t in texts]
             self._check_fit(plans, labels)                  # before any model work: 'raise' costs nothing
@@ -539,7 +546,7 @@ class LongPromptEncoder:
                 pooled = torch.stack(seg_pooled) if self.pooled == "mean" else self._pooled_truncated(texts)
         else: self.stats, dropped_tokens = {}, [0] * len(texts)
         if "t5" in self.encoders:
-            e, m, t = self._t5(texts, labels)
+            e, m, t, t5_dropped = self._t5(texts, labels)
             parts.append((e, m, t, torch.full(t.shape, -1), [[] for _ in texts], [[] for _ in texts], [[] for _ in texts]))
         dtype = parts[0][0].dtype
         emb = torch.cat([p[0].to(dtype) for p in parts], 1)
@@ -551,7 +558,7 @@ class LongPromptEncoder:
             neg_idx = torch.tensor([n + uniq.index(x) for x in negs])
             neg, neg_pooled = emb[neg_idx], None if pooled is None else pooled[neg_idx]
         return LongPromptEmbeds(emb[:n], neg, mask[:n], types[:n], tids[:n], spans[:n], kept[:n], dropped[:n], dropped_tokens[:n],
-                                None if pooled is None else pooled[:n], neg_pooled)
+                                t5_dropped[:n], None if pooled is None else pooled[:n], neg_pooled)
 
     __call__ = encode
 

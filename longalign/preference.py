@@ -5,6 +5,7 @@
 # %% ../nbs/02_denscore.ipynb #241d1c87
 from __future__ import annotations
 import io, math, random
+from types import SimpleNamespace
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def reward_preprocess(
     if c != image_size: x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     return (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
 
+class _OpenClipCounter:
+    "What `split_segments` asks of a tokenizer (content-token counts, `model_max_length`), over open_clip's `SimpleTokenizer`."
+    def __init__(self, tokenizer): self.tokenizer, self.model_max_length = tokenizer, tokenizer.context_length
+    def __call__(self, text: str, add_special_tokens: bool = False, verbose: bool = False):
+        assert not add_special_tokens, "split_segments counts content tokens only"
+        return SimpleNamespace(input_ids=self.tokenizer.encode(text))
+
 class PreferenceModel(nn.Module):
     "A CLIP-style preference model: image and (segment) text embeddings, scores, Denscore and its decomposition."
     def __init__(
@@ -72,7 +80,7 @@ class PreferenceModel(nn.Module):
             image_size = model.visual.image_size if self.is_open_clip else model.config.vision_config.image_size
             image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
         self.image_size, self.crop_fraction, self.mean, self.std = int(image_size), crop_fraction, mean, std
-        self._cache = {}
+        self._cache, self._cache_key = {}, None     # text -> embedding, for the text tower's dtype and weights
 
     @property
     def device(self): return next(self.model.parameters()).device
@@ -86,8 +94,10 @@ class PreferenceModel(nn.Module):
         f = self.model.encode_image(x) if self.is_open_clip else feature_tensor(self.model.get_image_features(pixel_values=x))
         return F.normalize(f, dim=-1)
 
-    def _text_frozen(self) -> bool:
-        return not any(p.requires_grad for n, p in self.model.named_parameters() if "visual" not in n and "vision" not in n)
+    def _text_params(self) -> list:
+        return [p for n, p in self.model.named_parameters() if "visual" not in n and "vision" not in n]
+
+    def _text_frozen(self) -> bool: return not any(p.requires_grad for p in self._text_params())
 
     def _encode_texts(self, texts: list[str], padding: str = "max_length") -> torch.Tensor:
         if self.is_open_clip: f = self.model.encode_text(self.tokenizer(texts).to(self.device))
@@ -97,7 +107,7 @@ class PreferenceModel(nn.Module):
         return F.normalize(f, dim=-1)
 
     def text_embeds(self, texts: list[str]) -> torch.Tensor:
-        "L2-normalised embeddings (n, d) of texts, each cut at 77 tokens; cached per text while the text tower is frozen."
+        "L2-normalised embeddings (n, d) of texts, each cut at 77 tokens; cached per text while the text tower is frozen and unchanged."
         if isinstance(texts, str) or not hasattr(texts, "__iter__"): raise TypeError("texts must be a list of str, not a str")
         texts = list(texts)
         if not texts: raise ValueError("texts is empty: give at least one prompt")
@@ -107,17 +117,30 @@ class PreferenceModel(nn.Module):
         # so which texts share a batch depends on what was cached before (a resumed run starts empty); padded to a fixed 77,
         # a text's shape does not depend on its companions, and a resumed RFT run stays bit-identical (05 tests it).
         if not self._text_frozen(): return self._encode_texts(list(texts), padding="longest")
+        # new weights (an in-place change bumps `_version`) or dtype: a new cache. A move to another device keeps it (the
+        # same weights, equal up to rounding), so what RFT caches before accelerate moves the model stays in use.
+        params = self._text_params()
+        key = (params[0].dtype, sum(p._version for p in params))
+        if key != self._cache_key: self._cache, self._cache_key = {}, key
         todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if todo:
             with torch.no_grad(): self._cache.update(zip(todo, self._encode_texts(todo)))
         return torch.stack([self._cache[t] for t in texts]).to(self.device)
 
     def segments(self, caption: str) -> list[str]:
-        "The caption's segments (each within 77 tokens in robust mode)."
-        tok = self.tokenizer if hasattr(self.tokenizer, "model_max_length") else None
-        segs = split_segments(caption, self.splitter, tok) if self.splitter == "robust" else split_segments(caption, "compat")
+        "The caption's segments (each within the text tower's context length in robust mode)."
+        if self.splitter == "robust": segs = split_segments(caption, "robust", self._counter())
+        else: segs = split_segments(caption, "compat")
         if not segs: raise ValueError(f"caption {caption!r:.60} has no sentence to score")
         return segs
+
+    def _counter(self):
+        "The tokenizer `split_segments` counts tokens with: the HF tokenizer itself, or open_clip's BPE and context length."
+        if hasattr(self.tokenizer, "model_max_length"): return self.tokenizer
+        if hasattr(self.tokenizer, "encode") and getattr(self.tokenizer, "context_length", None):
+            return _OpenClipCounter(self.tokenizer)
+        raise TypeError(f"splitter='robust' cannot count tokens with a {type(self.tokenizer).__name__}: give a transformers "
+                        "tokenizer or open_clip's SimpleTokenizer (HPSv2's), or use splitter='compat'")
 
     def segment_embeds(self, captions: list[str]) -> tuple:
         "`(embeds, owner)`: every segment's normalised embedding (m, d) and the caption index it belongs to (m,)."
@@ -308,7 +331,7 @@ class PreferenceTrainConfig:
     loss: str = "seg-o"             # one of `LOSSES`
     steps: int = 400
     batch_size: int = 32
-    lr: float = 5e-5                # toy; 2e-4 cost the toy Denscore a third of its CLIP's retrieval accuracy (03)
+    lr: float = 5e-5                # toy; 2e-4 (with the earlier pairs) cost the toy Denscore a third of its CLIP's retrieval accuracy (03's note)
     weight_decay: float = 0.1
     warmup_steps: int = 40
     max_grad_norm: float = 1.0

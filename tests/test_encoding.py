@@ -354,3 +354,36 @@ def test_sd15_code_path_with_local_weights(tmp_path, tok):
     with torch.no_grad():
         img = pipe(**kw, num_inference_steps=2, height=16, width=16, output_type="pt").images
     assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
+
+
+def test_compat_refuses_policies_other_than_the_papers(tok, te):
+    "compat joins segments as the official code does (the paper's policy); any other policy would be recorded but not used."
+    from longalign.encoding import TokenPolicy
+    for name in POLICIES:
+        if name == "paper": continue
+        with pytest.raises(ValueError, match=f"policy={name!r}.*mode='robust'"):
+            LongPromptEncoder(tok, te, mode="compat", policy=name)
+    with pytest.raises(ValueError, match="mode='robust'"):
+        LongPromptEncoder(tok, te, mode="compat", policy=TokenPolicy(sot="first", eot="keep"))
+    for policy in ("paper", TokenPolicy()):                                      # the paper's, by name or by value
+        assert LongPromptEncoder(tok, te, mode="compat", policy=policy).config()["policy"] == \
+            {"sot": "keep", "eot": "remove", "pad": "remove", "grouping": "sentence"}
+
+
+@pytest.mark.parametrize("mode", ["robust", "compat"])
+def test_t5_tokens_cut_at_t5_length_are_reported_and_warned(tok, te, t5_parts, mode):
+    t5_tok, t5, adapter = t5_parts
+    long, short = " ".join(["A red circle sits on a mat. It is small and round."] * 6), "A red circle."
+    n_long = len(t5_tok(long).input_ids)
+    assert n_long > 40 and len(t5_tok(short).input_ids) <= 40
+    for encoders in ("t5-mlp", "clip+t5"):
+        enc = LongPromptEncoder(tok, te, mode=mode, encoders=encoders, t5=t5, t5_tokenizer=t5_tok, t5_adapter=adapter, t5_length=40)
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = enc.encode([long, short])
+        assert out.t5_dropped_tokens == [n_long - 40, 0]
+        assert out.dropped_tokens == [0, 0]                                     # the CLIP segments fit: only T5 lost text
+        msgs = [str(w.message) for w in caught if issubclass(w.category, SegmentsDroppedWarning)]
+        assert len(msgs) == 1 and f"prompt[0] lost {n_long - 40} of {n_long} T5 tokens" in msgs[0], msgs
+    with torch.no_grad():
+        assert LongPromptEncoder(tok, te, mode=mode).encode(long).t5_dropped_tokens == [0]   # no T5 branch: nothing cut

@@ -253,3 +253,76 @@ def test_prompt_weighting_is_pickscores_criterion(tmp_path):
     base = first_loss([3] * 8, False)
     assert abs(first_loss([3] * 8, True) - base) < 1e-5
     assert abs(first_loss([1, 9, 1, 9, 1, 9, 1, 9], True) - base) > 1e-4
+
+
+def _tiny_clip():
+    from transformers import CLIPConfig, CLIPModel
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=16)
+    return CLIPModel(cfg).eval().requires_grad_(False)
+
+
+def test_V_must_be_a_unit_direction_of_the_embeddings_dimension():
+    from longalign.decomposition import decompose, reweight
+    from longalign.preference import PreferenceModel
+    from longalign.toyworld import clip_tokenizer
+    g = torch.Generator().manual_seed(0)
+    C = torch.nn.functional.normalize(torch.randn(4, 16, generator=g) + 1, dim=-1)
+    V = common_direction(C)
+    decompose(C, V); reweight(C, V.to(torch.bfloat16).float(), 0.5)          # a unit V, also one rounded through bf16
+    for bad, what in ((2 * V, "norm"), (V[:8], "16 dimensions"), (V[None], "1-D"), (torch.zeros(16), "norm")):
+        for f in (lambda: decompose(C, bad), lambda: reweight(C, bad, 0.0)):
+            with pytest.raises(ValueError, match=f"V .*{what}.*common_direction"): f()
+    pm = PreferenceModel(_tiny_clip(), clip_tokenizer())
+    x, caps = torch.rand(2, 3, 32, 32, generator=g), ["A red circle.", "A cat. It sleeps."]
+    with torch.no_grad():
+        for f in (lambda: pm.denscore_o(x, caps, torch.randn(8)), lambda: pm.denscore(x, caps, V=3 * V)):
+            with pytest.raises(ValueError, match="V .*common_direction"): f()
+        V_pm = common_direction(pm.caption_embeds(caps))
+        assert pm.denscore_o(x, caps, V_pm).shape == (2,)
+
+
+def test_cached_text_embeds_follow_in_place_weight_changes():
+    from longalign.preference import PreferenceModel
+    from longalign.toyworld import clip_tokenizer
+    m = _tiny_clip()
+    pm = PreferenceModel(m, clip_tokenizer())
+    a = pm.text_embeds(["A red circle."])
+    assert torch.equal(pm.text_embeds(["A red circle."]), a)                    # cached
+    with torch.no_grad(): m.text_projection.weight.mul_(-1)                     # new weights, loaded in place
+    torch.testing.assert_close(pm.text_embeds(["A red circle."]), -a)
+    pm.model.to(torch.float64)                                                  # another dtype: embeddings in that dtype
+    assert pm.text_embeds(["A red circle."]).dtype == torch.float64
+
+
+def test_open_clip_segments_split_at_its_context_length():
+    "open_clip's tokenizer has no model_max_length: a sentence over 77 tokens is split by its own BPE count, not cut."
+    import open_clip
+    from longalign.preference import PreferenceModel
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(embed_dim=32, vision_cfg={"image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "head_width": 32},
+                                 text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}).eval()
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    pm = PreferenceModel(model, tok).eval()
+    sentence = " and ".join(["a small red circle next to a tall blue square"] * 12) + "."
+    assert len(tok.encode(sentence)) > 77
+    segs = pm.segments("A cat sleeps. " + sentence)
+    assert len(segs) > 2 and all(len(tok.encode(s)) <= 75 for s in segs)
+    assert " ".join(segs).split() == ("A cat sleeps. " + sentence).split()   # nothing lost
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(model.encode_text(tok(segs)), dim=-1).mean(0)
+        img = pm.image_embeds(x)
+        torch.testing.assert_close(pm.denscore(x, ["A cat sleeps. " + sentence]), 100 * (img * e).sum(-1))
+
+
+def test_random_init_like_leaves_the_global_rng_alone():
+    from longalign.decomposition import random_init_like
+    m = _tiny_clip()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b = random_init_like(m), random_init_like(m)
+    assert torch.equal(torch.get_rng_state(), state)                          # the caller's random stream goes on unchanged
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))   # and the untrained model is reproducible
