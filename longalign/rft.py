@@ -231,7 +231,7 @@ class RFTConfig:
     batch_size: int = 8           # global batch per optimizer step
     grad_accum: int = 1
     per_device_batch: int | None = None  # at most this many images per process at once (grad_accum is then derived)
-    lr: float = 1e-4              # toy: at 1e-3 every ω collapsed the samples within 40 steps (oracle 83 → 39-52 %, FID 2 → 20-36)
+    lr: float = 1e-4              # toy: at 1e-3 every ω collapsed the samples within 40 steps (oracle 83 → 39-52 %, FID 2 → 20-36; from an earlier SFT start, 05's note)
     weight_decay: float = 1e-2
     max_grad_norm: float = 0.3
     warmup_steps: int = 5

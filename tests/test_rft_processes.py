@@ -1,4 +1,6 @@
-"RFT on two CPU processes through accelerate (torchrun): the batch V is gathered across processes and the run completes."
+"""RFT on two CPU processes through accelerate (torchrun) with the batch V: the run completes with two processes' checkpoints,
+metrics and a trained LoRA, and the batch V counts the global batch (2 processes x 2; that `batch_common_direction` gathers
+the processes' embeddings is tested in tests/test_preference.py)."""
 import json, shutil, subprocess, sys, textwrap
 from pathlib import Path
 
