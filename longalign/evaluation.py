@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_eval.ipynb #9183c5e6
 from __future__ import annotations
-import argparse, base64, csv, hashlib, io, json, logging, math, os, re, tempfile, time, urllib.request
+import argparse, base64, csv, hashlib, http.client, io, json, logging, math, os, re, tempfile, time, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (MODEL_SOURCES, FeatureStats, ModelUnavailableError, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
+from .core import (MODEL_SOURCES, FeatureStats, ModelUnavailableError, default_device, frechet_distance, get_preset, image_from_bytes, package_versions, progress_bar,
                             read_prompts, sample, world_models)
 from .toyworld import COLOURS, POSITIONS, SIZES, Caption, Fact, config_hash, toy_image_features   # the toy stand-ins for VQAScore and the judge
 from .encoding import load_pipeline, split_segments
@@ -27,9 +27,9 @@ _log = logging.getLogger(__name__)
 __all__ = ['JUDGE_TEMPLATE', 'JUDGE_SYSTEM', 'feature_stats', 'fid_from_stats', 'InceptionFeatures', 'fid', 'UnscorablePrompt',
            'toy_caption_from_text', 'ToyVQA', 'VQAScore', 'JudgeError', 'OpenAICompatibleClient', 'parse_verdict',
            'image_hash', 'PairwiseJudge', 'DPGQuestion', 'load_dpg_bench', 'grid_tiles', 'dpg_images', 'gated_answers',
-           'dpg_score', 'truncate_prompt', 'length_sweep', 'sample_manifest', 'sample_folder', 'read_images',
-           'load_folder', 'check_metrics', 'evaluate_folder', 'sample_cli', 'eval_cli', 'read_summary', 'load_images',
-           'ToyJudgeClient']
+           'dpg_score', 'truncate_prompt', 'length_sweep', 'InputError', 'resolve_device', 'check_ids',
+           'sample_manifest', 'sample_folder', 'image_files', 'read_batches', 'load_folder', 'check_metrics',
+           'evaluate_folder', 'sample_cli', 'eval_cli', 'read_summary', 'load_images', 'ToyJudgeClient']
 
 # %% ../nbs/06_eval.ipynb #ebd58f49
 def feature_stats(
@@ -41,15 +41,27 @@ def feature_stats(
     batches = images.split(batch_size) if torch.is_tensor(images) else images
     stats = None
     with torch.no_grad():
-        for b in batches:
-            f = extract(b)
-            stats = (stats or FeatureStats(f.shape[1])).update(f)
+        for b in batches: stats = _add_features(stats, extract, b)
     if stats is None: raise ValueError("images is empty: FID needs at least 2 images per set")
     return stats
+
+def _add_features(stats, extract, x: torch.Tensor) -> FeatureStats:
+    "`stats` (None: new ones) with the features of the batch `x` added."
+    f = extract(x)
+    return (stats or FeatureStats(f.shape[1])).update(f)
 
 def fid_from_stats(a: FeatureStats, b: FeatureStats) -> float:
     "FID between two accumulated feature sets."
     return frechet_distance(a.mean, a.cov, b.mean, b.cov)
+
+def _inception_path(weights_path) -> Path:
+    "The Inception weights file, or a clear error: FID loads them only from a path you give."
+    if weights_path is None or not Path(weights_path).expanduser().is_file():
+        raise FileNotFoundError(
+            f"Inception weights not found at {weights_path!r}: FID loads them only from a path you give "
+            "(pass inception=PATH / --inception PATH; the file is pt_inception-2015-12-05-6726825d.pth from the pytorch-fid releases). "
+            "Nothing is downloaded.")
+    return Path(weights_path).expanduser()
 
 class InceptionFeatures(nn.Module):
     "The TF-FID Inception's 2048-d pool features of images in [0, 1], from an explicit weights path (torchmetrics / torch-fidelity)."
@@ -59,19 +71,16 @@ class InceptionFeatures(nn.Module):
         resize: str = "tf1",        # 'tf1': bilinear as TensorFlow 1 (pytorch-fid, clean-fid legacy); 'antialias': torch's antialiased bilinear
     ):
         super().__init__()
-        if weights_path is None or not Path(weights_path).expanduser().is_file():
-            raise FileNotFoundError(
-                f"Inception weights not found at {weights_path!r}: FID loads them only from a path you give "
-                "(pass inception=PATH / --inception PATH; the file is pt_inception-2015-12-05-6726825d.pth from the pytorch-fid releases). "
-                "Nothing is downloaded.")
+        weights_path = _inception_path(weights_path)
         if resize not in ("tf1", "antialias"): raise ValueError(f"resize must be 'tf1' or 'antialias', got {resize!r}")
-        torch.load(Path(weights_path).expanduser(), map_location="cpu", weights_only=True)   # refuse pickles that are not plain tensors
+        torch.load(weights_path, map_location="cpu", weights_only=True)   # refuse pickles that are not plain tensors
         from torchmetrics.image.fid import NoTrainInceptionV3
-        self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(Path(weights_path).expanduser()), antialias=resize == "antialias")
+        self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights_path), antialias=resize == "antialias")
         self.resize = resize
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (check_images(images).clamp(0, 1) * 255).round().to(torch.uint8)   # the network's input convention: uint8 pixels
+        x = x.to(next(self.net.parameters()).device)
         return self.net(x).reshape(len(x), -1).double()
 
 def fid(
@@ -116,14 +125,18 @@ class ToyVQA:
         caps = [t if hasattr(t, "facts") else toy_caption_from_text(t) for t in texts]
         return torch.tensor([float(np.nanmean(p)) for p in self.oracle.sentence_scores(images, caps)])
 
+def _t2v_metrics():
+    "The t2v_metrics package, or a clear error saying how to install it or evaluate without it."
+    try: import t2v_metrics
+    except ImportError as e:
+        raise ImportError("VQAScore needs the t2v_metrics package and its CLIP-FlanT5 weights (pip install t2v-metrics==3.0: later versions dropped CLIP-FlanT5); "
+                          "without them, evaluate with --metrics denscore,denscore_o,fid") from e
+    return t2v_metrics
+
 class VQAScore:
     "VQAScore (CLIP-FlanT5) through the `t2v_metrics` package, where it and its weights are installed: P(yes) per (image, text)."
     def __init__(self, model: str = "clip-flant5-xxl", device=None):
-        try: import t2v_metrics
-        except ImportError as e:
-            raise ImportError("VQAScore needs the t2v_metrics package and its CLIP-FlanT5 weights (pip install t2v-metrics==3.0: later versions dropped CLIP-FlanT5); "
-                              "without them, evaluate with --metrics denscore,denscore_o,fid") from e
-        self.model = t2v_metrics.VQAScore(model=model, device=str(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        self.model = _t2v_metrics().VQAScore(model=model, device=str(device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
     def __call__(self, images: torch.Tensor, texts: list) -> torch.Tensor:
         with tempfile.TemporaryDirectory() as d:
@@ -159,6 +172,24 @@ class OpenAICompatibleClient:
                                      headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"})
         with urllib.request.urlopen(req, timeout=self.timeout) as r: body = json.loads(r.read())
         return body["choices"][0]["message"]["content"]
+
+def _http_status(e: Exception) -> int | None:
+    "The HTTP status of a client's error (urllib's `code`, the openai / httpx clients' `status_code`), if it has one."
+    status = getattr(e, "code", None) if isinstance(e, urllib.error.HTTPError) else getattr(e, "status_code", None)
+    return status if isinstance(status, int) else None
+
+def _retryable(e: Exception) -> bool:
+    "Network trouble, rate limits (HTTP 429) and server errors (5xx) may pass with time; anything else will not."
+    status = _http_status(e)
+    if status is not None: return status == 429 or status >= 500
+    return isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException))
+
+def _error_body(e: Exception) -> str:
+    "The response body of a failed request, where the error carries one (e.g. the API's own message), cut at 2000 characters."
+    try: body = e.read() if isinstance(e, urllib.error.HTTPError) else getattr(e, "body", None)
+    except Exception: body = None
+    if isinstance(body, bytes): body = body.decode("utf-8", "replace")
+    return "" if body is None else f"; response body: {str(body)[:2000]}"
 
 def parse_verdict(text) -> str | None:
     "'first', 'second' or 'tie' if the answer names exactly one of them, else None (malformed)."
@@ -210,9 +241,12 @@ class PairwiseJudge:
             for attempt in range(self.retries + 1):
                 try:
                     self.calls += 1; answer = self.client.complete(self.model, messages); break
-                except Exception as e:                                  # network, rate limit, server error
-                    if attempt == self.retries: raise JudgeError(f"judge failed {attempt + 1} times; last error: {type(e).__name__}: {e}") from None
-                    self.sleep(self.backoff * 2 ** attempt)
+                except Exception as e:
+                    if not _retryable(e):           # a bad request, a wrong key, a bug: asking again would not help
+                        raise JudgeError(f"judge request failed (not retried): {type(e).__name__}: {e}{_error_body(e)}") from e
+                    if attempt == self.retries:
+                        raise JudgeError(f"judge failed {attempt + 1} times; last error: {type(e).__name__}: {e}{_error_body(e)}") from e
+                    self.sleep(self.backoff * 2 ** attempt)                 # network, rate limit, server error
             row = {"key": key, "model": self.model, "prompt_sha": hashlib.sha256(prompt.encode()).hexdigest()[:16],
                    "image1": h1[:16], "image2": h2[:16], "answer": answer, "verdict": parse_verdict(answer)}
             self._cache[key] = row
@@ -324,6 +358,26 @@ def length_sweep(prompts: list, tokenizer, lengths=(15, 60, 120, 240)) -> dict:
     return {n: [truncate_prompt(p, n, tokenizer)[0] for p in prompts] for n in lengths}
 
 # %% ../nbs/06_eval.ipynb #fbc7947c
+class InputError(ValueError):
+    "Bad input, found before the work it would spoil: the console scripts print it as a usage error, without a traceback."
+
+def resolve_device(device=None, toy: bool = False) -> torch.device:
+    "`device` checked against this machine; None: the CPU for the toy world (built and measured there), else `core.default_device()`."
+    if device is None: return torch.device("cpu") if toy else default_device()
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError): raise InputError(f"device={device!r} (--device) is not a torch device: use cpu, cuda or cuda:N") from None
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"device={device!r} (--device): this machine has {torch.cuda.device_count()} CUDA devices")
+    return d
+
+def check_ids(ids, source) -> list:
+    "`ids` as strings, each usable as the stem of `{id}.png` inside a folder: a clear error for one that could point elsewhere."
+    ids = [str(i) for i in ids]
+    if bad := next((i for i in ids if not i or "/" in i or "\\" in i or ".." in i or os.sep in i), None):
+        raise InputError(f"id {bad!r} in {source} cannot name an image {{id}}.png in the folder: an id must be non-empty, "
+                         f"without '/', '\\' or '..'")
+    return ids
+
 def _save_png(image: torch.Tensor, path: Path):
     tmp = path.with_suffix(".tmp.png"); _to_pil(image).save(tmp); os.replace(tmp, path)
 
@@ -342,7 +396,7 @@ def _zoo_id(zoo) -> str:
     "A short hash of the zoo's entries (each entry's folder name carries its own config hash)."
     return config_hash({k: Path(v).name for k, v in sorted(zoo.entries.items())})
 
-_MANIFEST_NOTES = ("lora_paths", "official_lora_paths", "written")   # recorded for people; not part of what must match
+_MANIFEST_NOTES = ("ids", "lora_paths", "official_lora_paths", "written")   # not part of what must match (the prompts' hash covers the ids)
 
 def sample_manifest(rows, preset="toy", encoders="clip+t5", lora=(), official_lora=(), overrides=None, steps=25,
                     guidance=None, seed=0, zoo=None) -> dict:
@@ -353,10 +407,36 @@ def sample_manifest(rows, preset="toy", encoders="clip+t5", lora=(), official_lo
             "lora": [_digest(f) for f in lora], "official_lora": [_digest(f) for f in official_lora],
             "steps": steps, "guidance": guidance, "seed": seed,
             "zoo": {k: Path(v).name for k, v in sorted(zoo.entries.items())} if zoo is not None else None,
+            "ids": [r["id"] for r in rows],       # the images it writes: all that --resample may delete
             "lora_paths": [str(f) for f in lora], "official_lora_paths": [str(f) for f in official_lora]}
 
 def _manifest_diff(old: dict, new: dict) -> list:
     return [k for k in sorted(set(old) | set(new)) if k not in _MANIFEST_NOTES and old.get(k) != new.get(k)]
+
+def _check_folder(out: Path, manifest: dict, rows: list, resample: bool):
+    """Refuse a folder holding images of other settings or of unknown origin. With `resample`, delete what the earlier run
+    wrote there — the `{id}.png` its manifest lists, its manifest, longalign-eval's files about them — and nothing else."""
+    pngs = sorted(out.glob("*.png")) if out.is_dir() else []
+    if not (out / "manifest.json").exists():
+        if pngs: raise InputError(f"{out} holds {len(pngs)} .png files not written by longalign-sample (it has no manifest.json): "
+                                  f"choose an empty or new folder. Nothing was changed.")
+        return
+    old = json.loads((out / "manifest.json").read_text())
+    if not (diff := _manifest_diff(old, manifest)): return
+    if not resample:
+        raise InputError(f"{out} holds {len(pngs)} images sampled with other settings ({', '.join(diff)}): scoring them "
+                         f"against these prompts would mix two runs. Choose another folder, or resample=True "
+                         f"(longalign-sample --resample) to replace them. Nothing was changed.")
+    if "ids" not in old: raise InputError(f"{out / 'manifest.json'} does not list its images' ids (an earlier version wrote it), so "
+                                          f"--resample cannot tell them from other files: choose an empty or new folder. Nothing was changed.")
+    ids = check_ids(old["ids"], out / "manifest.json")
+    if foreign := [r["id"] for r in rows if r["id"] not in set(ids) and (out / f"{r['id']}.png").exists()]:
+        raise InputError(f"{out / (foreign[0] + '.png')} is not an image {out / 'manifest.json'} lists: choose an empty or new "
+                         f"folder. Nothing was changed.")
+    for i in ids: (out / f"{i}.png").unlink(missing_ok=True)
+    for f in ("samples.jsonl", "summary.csv"): (out / "eval" / f).unlink(missing_ok=True)   # the scores of the deleted images
+    if (out / "eval").is_dir() and not any((out / "eval").iterdir()): (out / "eval").rmdir()
+    (out / "manifest.json").unlink()
 
 def sample_folder(
     out_dir,                        # gets {id}.png, prompts.jsonl and manifest.json
@@ -368,33 +448,22 @@ def sample_folder(
     steps: int = 25, guidance: float | None = None, seed: int = 0, batch_size: int = 16,
     zoo=None, progress: bool = True,
     resample: bool = False,         # True: a folder sampled with other settings has its images replaced (else: an error)
+    device=None,                    # where the pipeline runs (default: the CPU for the toy world, else `core.default_device()`)
 ) -> Path:
     """Sample long prompts into a folder (UniPC, CFG). A rerun with the same settings continues where it stopped, with the
-    same images; a folder whose `manifest.json` records other settings is refused (or, with `resample`, sampled anew)."""
+    same images; a folder whose `manifest.json` records other settings is refused (or, with `resample`, sampled anew).
+    `manifest.json` is written with the first image, so a run that fails before any image leaves no trace in the way."""
     rows = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+    check_ids([r["id"] for r in rows], "the prompts")
     toy = get_preset(preset).ref("unet").kind in MODEL_SOURCES
+    device = resolve_device(device, toy)
     if toy: zoo = world_models(preset, zoo)
     if guidance is None: guidance = zoo.cfg.guidance if toy else 7.5
     manifest = sample_manifest(rows, preset, encoders, lora, official_lora, overrides, steps, guidance, seed, zoo if toy else None)
     out = Path(out_dir)
-    old_rows = read_prompts(out / "prompts.jsonl") if (out / "prompts.jsonl").is_file() else []
-    pngs = sorted(out.glob("*.png")) if out.is_dir() else []
-    if pngs or (out / "manifest.json").exists():
-        old = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else None
-        diff = _manifest_diff(old, manifest) if old is not None else ["no manifest.json: sampled by an older version, settings unknown"]
-        if diff and not resample:
-            raise ValueError(f"{out} holds {len(pngs)} images sampled with other settings ({', '.join(diff)}): scoring them "
-                             f"against these prompts would mix two runs. Choose another folder, or resample=True "
-                             f"(longalign-sample --resample) to replace them. Nothing was changed.")
-        if diff:                                    # resample: the old images (and any evaluation of them) go
-            for r in old_rows + rows: (out / f"{r['id']}.png").unlink(missing_ok=True)
-            for p in pngs: p.unlink(missing_ok=True)
-            if (out / "eval").is_dir():
-                import shutil; shutil.rmtree(out / "eval")
+    _check_folder(out, manifest, rows, resample)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps({**manifest, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)); os.replace(tmp, out / "manifest.json")
     chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     todo = [(i, c) for i, c in enumerate(chunks) if not all((out / f"{r['id']}.png").exists() for r in c)]
     if not todo: return out
@@ -405,42 +474,53 @@ def sample_folder(
     else: pipe, enc = load_long_sd(preset, encoders, zoo, overrides)
     for folder in lora: load_long_sd_weights(pipe, enc, folder, fuse=True)
     for f in official_lora: merge_official_lora(pipe.unet, f)
+    pipe.to(device)
+    if enc is not None and enc.t5 is not None: enc.t5.to(device); enc.t5_adapter.to(device)
     for i, c in progress_bar(todo, disable=not progress, desc="sampling"):
         texts, s0 = [r["caption"] for r in c], seed + i * batch_size      # image j of the file always gets seed + j
         imgs = (sample(pipe, texts, steps=steps, guidance=guidance, seed=s0, batch_size=batch_size) if enc is None else
                 sample_long(pipe, enc, texts, steps=steps, guidance=guidance, seed=s0, batch_size=batch_size))
+        if not (out / "manifest.json").exists():   # with the first image: the folder's images are this run's from here on
+            tmp = out / ".manifest.json.tmp"
+            tmp.write_text(json.dumps({**manifest, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)); os.replace(tmp, out / "manifest.json")
         for r, im in zip(c, imgs): _save_png(im, out / f"{r['id']}.png")
     return out
 
-def read_images(folder) -> tuple:
-    "`(images, corrupt)`: every readable image of a folder by file name, (3, H, W) in [0, 1], and the unreadable files' names."
-    from PIL import UnidentifiedImageError
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+def image_files(folder, what: str = "image folder") -> list:
+    "The image files of a folder by name (half-written `.tmp` files left out); a clear error for a missing folder or one without images."
     d = Path(folder).expanduser()
-    if not d.is_dir(): raise FileNotFoundError(f"image folder {d} not found")
-    images, corrupt = {}, []
-    for p in sorted(d.iterdir()):
-        if p.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp") or p.stem.endswith(".tmp"): continue
-        try: images[p.name] = image_from_bytes(p.read_bytes())
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError): corrupt.append(p.name)
-    return images, corrupt
+    if not d.is_dir(): raise InputError(f"{what} {d} not found")
+    files = [p for p in sorted(d.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES and not p.stem.endswith(".tmp")]
+    if not files: raise InputError(f"{what} {d} holds no images ({', '.join(_IMAGE_SUFFIXES)})")
+    return files
+
+def read_batches(paths: list, batch_size: int, corrupt: list, progress: bool = False, desc: str | None = None):
+    """`(indices, images)`: the readable images of `paths`, (n, 3, H, W) in [0, 1], same-sized ones together, read `batch_size`
+    files at a time (never more in memory); the names of the files that do not decode are appended to `corrupt`."""
+    from PIL import UnidentifiedImageError
+    for lo in progress_bar(range(0, len(paths), batch_size), disable=not progress, desc=desc):
+        groups = {}
+        for i in range(lo, min(lo + batch_size, len(paths))):
+            try: im = image_from_bytes(paths[i].read_bytes())
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError): corrupt.append(paths[i].name); continue
+            groups.setdefault(tuple(im.shape), []).append((i, im))
+        for g in groups.values(): yield [i for i, _ in g], torch.stack([im for _, im in g])
 
 def load_folder(images_dir, prompts=None) -> tuple:
-    "`(rows, images, report)`: readable images paired with their prompts, and counts of what was skipped."
-    found, corrupt = read_images(images_dir)
+    """`(rows, report)`: the images that have a prompt (not read yet: `read_batches` finds and counts the corrupt ones), and
+    what is skipped — images without a prompt, prompts without an image."""
+    files = image_files(images_dir)
     prompts = prompts or Path(images_dir).expanduser() / "prompts.jsonl"
     caption = {r["id"]: r["caption"] for r in (read_prompts(prompts) if isinstance(prompts, (str, Path)) else prompts)}
-    stem = {name: Path(name).stem for name in found}
-    report = {"corrupt_image": corrupt, "no_prompt": [n for n in found if stem[n] not in caption],
-              "no_image": sorted(set(caption) - set(stem.values()) - {Path(c).stem for c in corrupt})}
-    rows = [{"id": stem[n], "caption": caption[stem[n]], "image": n} for n in found if stem[n] in caption]
-    return rows, [found[r["image"]] for r in rows], report
+    report = {"corrupt_image": [], "no_prompt": [p.name for p in files if p.stem not in caption],
+              "no_image": sorted(set(caption) - {p.stem for p in files})}
+    return [{"id": p.stem, "caption": caption[p.stem], "image": p.name} for p in files if p.stem in caption], report
 
-def _batches_by_size(images: list, batch_size: int):
-    "Index lists of same-sized images, at most `batch_size` each."
-    groups = {}
-    for i, im in enumerate(images): groups.setdefault(tuple(im.shape), []).append(i)
-    for idx in groups.values():
-        for lo in range(0, len(idx), batch_size): yield idx[lo:lo + batch_size]
+def _resized(x: torch.Tensor, size: tuple) -> torch.Tensor:
+    "Images resized to `size` (FID compares sets at one size), as they are if they have it."
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear", antialias=True)
 
 def check_metrics(metrics, reference=None) -> list:
     "The metrics to compute (FID added when a reference is given); a clear error for unknown ones or FID without a reference."
@@ -461,61 +541,77 @@ def evaluate_folder(
     denscore=None,                  # a Denscore folder (`CLIPModel.from_pretrained` format) instead of the preset's
     zoo=None,                       # toy: the toy world's models, reward roles included (`experiments.ToyWorld`; default: `world_models('toy')`)
     batch_size: int = 32, progress: bool = True,
+    device=None,                    # where the models run (default: the CPU for the toy world, else `core.default_device()`)
 ) -> "pd.DataFrame":
-    "Score a folder of images; writes samples.jsonl and summary.csv and returns the summary."
+    """Score a folder of images, reading `batch_size` images at a time; writes samples.jsonl and summary.csv once every score
+    (FID included) is computed, and returns the summary."""
     import pandas as pd
     metrics = check_metrics(metrics, reference)
     p = get_preset(preset)
     toy = p.ref("unet").kind in MODEL_SOURCES
+    device = resolve_device(device, toy)
+    rows, report = load_folder(images_dir, prompts)
+    ref_files = image_files(reference, "reference folder") if "fid" in metrics else None   # a mistyped path fails before any scoring
+    if not rows: raise InputError(f"{images_dir}: no image with a prompt ({ {k: len(v) for k, v in report.items()} })")
     if toy: zoo = world_models(p, zoo)
     extract = None
     if "fid" in metrics:                       # fail on a missing Inception path before any scoring
         if toy: extract = lambda x: toy_image_features(zoo, x)
-        else: extract = InceptionFeatures(inception)
-    rows, images, report = load_folder(images_dir, prompts)
-    if not rows: raise ValueError(f"{images_dir}: no readable image with a prompt ({ {k: len(v) for k, v in report.items()} })")
+        else: extract = InceptionFeatures(inception).to(device)
     caps = [r["caption"] for r in rows]
     scores = {m: [float("nan")] * len(rows) for m in metrics if m != "fid"}
     unscorable = []
     if {"denscore", "denscore_o"} & set(scores):
-        pm = load_reward_model(preset, "denscore", path=denscore, zoo=zoo)   # toy: the world's Denscore (`experiments.ToyWorld`)
-        V = dataset_direction(pm, caps)        # V of the evaluated prompts: the same for every model compared on them
-    vqa = (ToyVQA(zoo.oracle) if toy else VQAScore()) if "vqa" in scores else None
+        pm = load_reward_model(preset, "denscore", path=denscore, zoo=zoo).to(device)   # toy: the world's Denscore (`experiments.ToyWorld`)
+        V = dataset_direction(pm, caps).to(device)   # V of the evaluated prompts: the same for every model compared on them
+    vqa = (ToyVQA(zoo.oracle) if toy else VQAScore(device=device)) if "vqa" in scores else None
+    read, stats, size = [], None, None         # rows whose image decoded; FID statistics; FID's image size (the first image's)
     with torch.no_grad():
-        for idx in progress_bar(list(_batches_by_size(images, batch_size)), disable=not progress, desc="scoring"):
-            x, c = torch.stack([images[i] for i in idx]), [caps[i] for i in idx]
+        for idx, x in read_batches([Path(images_dir).expanduser() / r["image"] for r in rows], batch_size,
+                                   report["corrupt_image"], progress, "scoring"):
+            c = [caps[i] for i in idx]
+            read += idx
             if "denscore" in scores:
                 for i, v in zip(idx, pm.denscore(x, c).tolist()): scores["denscore"][i] = v
             if "denscore_o" in scores:
                 for i, v in zip(idx, pm.denscore_o(x, c, V).tolist()): scores["denscore_o"][i] = v
             if vqa is not None:
-                for i in idx:
-                    try: scores["vqa"][i] = 100 * float(vqa(images[i][None], [caps[i]])[0])
+                for k, i in enumerate(idx):
+                    try: scores["vqa"][i] = 100 * float(vqa(x[k][None], [caps[i]])[0])
                     except UnscorablePrompt as e:      # e.g. a non-toy prompt for the toy VQA; any other error is a bug: it stops
                         unscorable.append((rows[i]["id"], str(e)))
+            if extract is not None:
+                size = size or tuple(x.shape[-2:])
+                stats = _add_features(stats, extract, _resized(x, size))
+        if extract is not None and read:       # the reference, batch by batch, at the evaluated images' size
+            ref_stats, ref_corrupt = None, []
+            for _, x in read_batches(ref_files, batch_size, ref_corrupt, progress, "reference"):
+                ref_stats = _add_features(ref_stats, extract, _resized(x, size))
+            n_ref = ref_stats.n if ref_stats else 0
+            if n_ref < 2: raise InputError(f"reference folder {reference} has {n_ref} readable images; FID needs at least 2")
+    if not read: raise InputError(f"{images_dir}: no readable image with a prompt ({ {k: len(v) for k, v in report.items()} })")
+    read.sort()
+    rows, scores = [rows[i] for i in read], {m: [s[i] for i in read] for m, s in scores.items()}
     if unscorable: _log.warning("vqa: %d of %d samples not scored, e.g. %s: %s", len(unscorable), len(rows), *unscorable[0])
-    out = Path(out_dir) if out_dir else Path(images_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "samples.jsonl", "w") as f:
-        for i, r in enumerate(rows): f.write(json.dumps({**r, **{m: s[i] for m, s in scores.items()}}) + "\n")
     method = method or Path(images_dir).resolve().name
     versions = json.dumps({"preset": p.name, **({"zoo": _zoo_id(zoo)} if toy else {}),
                            **{k: v for k, v in package_versions().items() if k in ("longalign", "torch", "diffusers", "transformers")}})
     summary = [(method, m, float(np.nanmean(s)) if not all(map(math.isnan, s)) else float("nan"), int(np.sum(~np.isnan(s))), versions)
                for m, s in scores.items()]
     if "fid" in metrics:
-        ref_images = list(read_images(reference)[0].values())
-        if len(ref_images) < 2: raise ValueError(f"reference folder {reference} has {len(ref_images)} readable images; FID needs at least 2")
-        same = lambda ims: (torch.stack([F.interpolate(im[None], size=images[0].shape[-2:], mode="bilinear", antialias=True)[0]
-                                         if im.shape != images[0].shape else im for im in ims]))
         fid_versions = json.dumps({**json.loads(versions), "fid_features": "toy CLIP" if toy else f"FID Inception, resize {extract.resize}",
-                                   "reference": str(reference), "n_reference": len(ref_images)})
-        summary.append((method, "fid", fid(extract, same(images), same(ref_images), batch_size), len(images), fid_versions))
+                                   "reference": str(reference), "n_reference": n_ref})
+        summary.append((method, "fid", fid_from_stats(stats, ref_stats), stats.n, fid_versions))
     summary += [(method, f"skipped:{k}", float(len(v)), len(v), versions) for k, v in report.items()]
     summary.append((method, "skipped:unscorable_prompt", float(len(unscorable)), len(unscorable), versions))
     df = pd.DataFrame(summary, columns=["method", "metric", "value", "n", "versions"])
+    out = Path(out_dir) if out_dir else Path(images_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w") as f:
+        for i, r in enumerate(rows): f.write(json.dumps({**r, **{m: s[i] for m, s in scores.items()}}) + "\n")
     df.to_csv(out / "summary.csv", index=False)
     return df
+
 
 # %% ../nbs/06_eval.ipynb #89d53a66
 def _cli_models(preset, size: str):
@@ -542,18 +638,27 @@ def sample_cli(argv=None):
                     help="toy preset: the toy world's size (smoke: for tests; the default when IN_TEST is set)")
     ap.add_argument("--steps", type=int, default=25); ap.add_argument("--guidance", type=float)
     ap.add_argument("--seed", type=int, default=0); ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--resample", action="store_true", help="OUT was sampled with other settings: replace its images (else an error)")
+    ap.add_argument("--resample", action="store_true",
+                    help="OUT holds this command's images of other settings: delete them (the ids its manifest.json lists) and sample anew")
+    ap.add_argument("--device", help="where the pipeline runs: cpu, cuda, cuda:N (default: cuda where there is one; the toy preset: cpu)")
     a = ap.parse_args(argv)
     if bad := [kv for kv in a.model if "=" not in kv]: ap.error(f"--model takes ROLE=PATH, got {bad[0]!r}")
     overrides = dict(kv.split("=", 1) for kv in a.model)
     if a.t5_adapter: overrides["t5_adapter"] = a.t5_adapter
-    try:
-        encoders = a.encoders or ("clip-cat" if get_preset(a.preset).sdxl else "clip+t5")   # an unknown preset fails here
-        rows = read_prompts(a.prompts)          # bad input fails here, before any model loads
+    try:                                        # the inputs, checked before any model loads
+        p = get_preset(a.preset, overrides or None)     # an unknown preset or role, a local path that is not there
+        encoders = a.encoders or ("clip-cat" if p.sdxl else "clip+t5")
+        if encoders not in ("base", "clip-cat", "t5-mlp", "clip+t5"): raise ValueError(f"--encoders {encoders!r}: choose clip-cat, t5-mlp, clip+t5 or base")
+        rows = read_prompts(a.prompts)
+        check_ids([r["id"] for r in rows], a.prompts)
+        device = resolve_device(a.device, p.ref("unet").kind in MODEL_SOURCES)
+        if missing := [f for f in a.lora + a.official_lora if not Path(f).expanduser().exists()]: raise FileNotFoundError(f"LoRA {missing[0]} not found")
+    except (ValueError, FileNotFoundError) as e: ap.error(str(e))
+    try:                                        # only a refused folder or a model not found is a usage error from here on
         out = sample_folder(a.out, rows, a.preset, None if encoders == "base" else encoders, a.lora, a.official_lora,
                             overrides or None, a.steps, a.guidance, a.seed, a.batch_size, zoo=_cli_models(a.preset, a.zoo),
-                            resample=a.resample)
-    except (ValueError, FileNotFoundError, KeyError, ModelUnavailableError) as e: ap.error(str(e))
+                            resample=a.resample, device=device)
+    except (InputError, ModelUnavailableError) as e: ap.error(str(e))
     print(f"images in {out}")
 
 def eval_cli(argv=None):
@@ -571,14 +676,23 @@ def eval_cli(argv=None):
     ap.add_argument("--zoo", default=_default_zoo_size(), choices=["default", "smoke"],
                     help="toy preset: the toy world's size (smoke: for tests; the default when IN_TEST is set)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", help="where the models run: cpu, cuda, cuda:N (default: cuda where there is one; the toy preset: cpu)")
     a = ap.parse_args(argv)
-    try:
-        metrics = check_metrics([m.strip() for m in a.metrics.split(",") if m.strip()], a.reference)   # before any model loads
-        if not Path(a.images).expanduser().is_dir(): raise FileNotFoundError(f"image folder {a.images} not found")
+    try:                                        # the inputs, checked before any model loads
+        metrics = check_metrics([m.strip() for m in a.metrics.split(",") if m.strip()], a.reference)
+        toy = get_preset(a.preset).ref("unet").kind in MODEL_SOURCES
+        device = resolve_device(a.device, toy)
+        image_files(a.images)
+        if "fid" in metrics:
+            image_files(a.reference, "reference folder")
+            if not toy: _inception_path(a.inception)
+        if "vqa" in metrics and not toy: _t2v_metrics()
+    except (ValueError, FileNotFoundError, ImportError) as e: ap.error(str(e))
+    try:                                        # only input trouble found on the way (no readable image, a model not found) is a usage error
         df = evaluate_folder(a.images, a.prompts, a.out, a.method, a.preset, metrics,
                              a.reference, a.inception, a.denscore, _cli_models(a.preset, a.zoo),
-                             batch_size=a.batch_size)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as e: ap.error(str(e))
+                             batch_size=a.batch_size, device=device)
+    except (InputError, ModelUnavailableError) as e: ap.error(str(e))
     print(df.drop(columns="versions").to_string(index=False))
 
 # %% ../nbs/06_eval.ipynb #a8814ef3

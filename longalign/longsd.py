@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_longsd.ipynb #32c58683
 from __future__ import annotations
-import json, os
+import json, os, warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -202,15 +202,34 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png"); save_image(images.detach().float().clamp(0, 1).cpu(), tmp, nrow=nrow, padding=1); os.replace(tmp, path)
 
+def _read_evals(path: Path) -> list:
+    """The rows of an eval.jsonl. A last line cut by a crash is ignored with a warning, and the main process drops it from
+    the file (so that the next row starts on a line of its own); that evaluation runs again."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        if lines: json.loads(lines[-1])
+    except json.JSONDecodeError:
+        warnings.warn(f"{path}: its last line is cut ({lines[-1][:40]!r}…), probably by a crash while it was written; it is ignored")
+        lines = lines[:-1]
+        if process_state().is_main_process:
+            tmp = path.with_name(".tmp-eval.jsonl"); tmp.write_text("".join(l + "\n" for l in lines)); os.replace(tmp, path)
+    return [json.loads(l) for l in lines]
+
 def fit_with_evals(model, dataset, step_fn, config: TrainConfig, collate=None, record=None, eval_steps=None, evaluate=None):
     """`core.fit` in chunks that end at `eval_steps`, after each of which `evaluate()` (a dict of numbers) is appended to
     `output_dir/eval.jsonl`; an 'images' entry (n, 3, H, W) is saved as the grid `output_dir/samples/step_XXXXXX.png` instead.
     The harness resumes from its own checkpoint at every chunk, so the run equals an unchunked one; evaluations already in
-    the file are not repeated when a run resumes."""
+    the file are not repeated when a run resumes, and evaluation steps below the checkpoint it resumes from are skipped with
+    a warning (the weights of those steps are gone: evaluating now would label later weights with an earlier step)."""
     out = Path(config.output_dir)
     path = out / "eval.jsonl"
-    done = {json.loads(l)["step"] for l in path.read_text().splitlines()} if path.exists() else set()
+    done = {row["step"] for row in _read_evals(path)}
+    ckpts = list_checkpoints(out)
+    loaded = int(ckpts[-1].name.split("-")[1]) if ckpts else 0      # the step `fit` resumes from
     wanted = sorted({s for s in (eval_steps or []) if 0 <= s <= config.max_steps})
+    if evaluate is not None and (gone := [s for s in wanted if s < loaded and s not in done]):
+        warnings.warn(f"{out} resumes from step {loaded}: evaluation steps {gone} are skipped (their weights are no longer there)")
+    wanted = [s for s in wanted if s >= loaded]
     def run_eval(step):
         if evaluate is None or step not in wanted or step in done: return
         state = process_state()
@@ -221,7 +240,7 @@ def fit_with_evals(model, dataset, step_fn, config: TrainConfig, collate=None, r
             if images is not None: save_grid(images, out / "samples" / f"step_{step:06d}.png")
             with open(path, "a") as f: f.write(json.dumps({"step": step, **row}) + "\n")
         state.wait_for_everyone()
-    if not list_checkpoints(out): run_eval(0)
+    run_eval(0)                                   # the initial weights, unless the run resumes from a checkpoint
     result = None
     for stop in sorted({s for s in wanted if s > 0} | {config.max_steps}):
         result = fit(model, dataset, step_fn, replace(config, max_steps=stop, checkpoint_every=min(config.checkpoint_every, stop)),

@@ -1,8 +1,10 @@
 "Process-level test of the console scripts the README gives: longalign-sample, then longalign-eval, at smoke sizes."
 import json, os, random, subprocess, sys
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
+import pytest
 
 BIN = Path(sys.executable).parent
 
@@ -18,11 +20,12 @@ def test_sample_then_eval(tmp_path):
     caps = [long_caption(s, random.Random(i)).text for i, s in enumerate(scenes(3, seed=7))]
     (tmp_path / "p.txt").write_text("\n".join(caps) + "\n")
     out = tmp_path / "imgs"
-    _run("longalign-sample", tmp_path / "p.txt", out, "--encoders", "base", "--steps", "2", "--batch-size", "2", "--zoo", "smoke")
+    _run("longalign-sample", tmp_path / "p.txt", out, "--encoders", "base", "--steps", "2", "--batch-size", "2", "--zoo", "smoke",
+         "--device", "cpu")
     assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png", "2.png"]
     assert [json.loads(l)["caption"] for l in (out / "prompts.jsonl").read_text().splitlines()] == caps
     (out / "1.png").write_bytes(b"\x89PNG broken")
-    _run("longalign-eval", out, "--zoo", "smoke", "--metrics", "denscore,vqa", "--method", "toy-base")
+    _run("longalign-eval", out, "--zoo", "smoke", "--metrics", "denscore,vqa", "--method", "toy-base", "--device", "cpu")
     s = pd.read_csv(out / "eval" / "summary.csv").set_index("metric")
     assert s.loc["skipped:corrupt_image", "n"] == 1 and s.loc["denscore", "n"] == 2 and s.loc["vqa", "n"] == 2
     assert (s.method == "toy-base").all() and json.loads(s.loc["vqa", "versions"])["preset"] == "toy"
@@ -33,6 +36,24 @@ def test_sample_then_eval(tmp_path):
     assert r.returncode == 2 and "reference" in r.stderr
     r = _run("longalign-sample", tmp_path / "missing.txt", out, "--zoo", "smoke", check=False)
     assert r.returncode == 2 and "not found" in r.stderr
+    r = _run("longalign-eval", out, "--zoo", "smoke", "--device", "gpu", check=False)
+    assert r.returncode == 2 and "error: device='gpu' (--device) is not a torch device" in r.stderr
+    r = _run("longalign-eval", out, "--zoo", "smoke", "--metrics", "fid", "--reference", tmp_path / "refrence", check=False)
+    assert r.returncode == 2 and "reference folder" in r.stderr and "not found" in r.stderr
+    assert [json.loads(l)["id"] for l in (out / "eval" / "samples.jsonl").read_text().splitlines()] == ["0", "2"]   # untouched
+
+
+def test_a_bug_inside_a_run_is_not_turned_into_a_usage_error(tmp_path):
+    "Only bad input is a usage error: an exception from inside sampling or scoring propagates, with its traceback."
+    from longalign import evaluation
+    (tmp_path / "p.txt").write_text("A red circle in the top left.\n")
+    with mock.patch.object(evaluation, "sample_folder", side_effect=KeyError("text_embeds")):
+        with pytest.raises(KeyError, match="text_embeds"):
+            evaluation.sample_cli([str(tmp_path / "p.txt"), str(tmp_path / "out"), "--encoders", "base", "--zoo", "smoke"])
+    (tmp_path / "imgs").mkdir(); (tmp_path / "imgs" / "0.png").write_bytes(b"not read")
+    with mock.patch.object(evaluation, "evaluate_folder", side_effect=KeyError("pixel_values")):
+        with pytest.raises(KeyError, match="pixel_values"):
+            evaluation.eval_cli([str(tmp_path / "imgs"), "--zoo", "smoke"])
 
 
 def test_zoo_defaults_to_smoke_under_in_test(tmp_path):

@@ -1,6 +1,6 @@
 """The evaluation layer's bookkeeping: sample folders that know their settings, tables keyed by theirs, VQA errors that are
 not swallowed, and the official LongSD LoRA format written by the official save routine's logic."""
-import copy, json, random
+import copy, io, json, random, urllib.error
 from pathlib import Path
 from unittest import mock
 
@@ -42,9 +42,152 @@ def test_sample_folder_refuses_a_folder_sampled_with_other_settings(tmp_path):
     sample_folder(tmp_path / "fresh", rows, seed=1, **kw)
     assert images(out) == images(tmp_path / "fresh") and images(out) != first
     assert json.loads((out / "manifest.json").read_text())["seed"] == 1
-    old = tmp_path / "old"; old.mkdir(); (old / "0.png").write_bytes(first["0.png"])   # an older version's folder
-    with pytest.raises(ValueError, match="no manifest.json"):
-        sample_folder(old, rows, seed=0, **kw)
+    other = tmp_path / "other"; other.mkdir(); (other / "0.png").write_bytes(first["0.png"])   # images from elsewhere
+    for resample in (False, True):                  # --resample does not touch them either
+        with pytest.raises(ValueError, match=r"not written by longalign-sample \(it has no manifest.json\): choose an empty"):
+            sample_folder(other, rows, seed=0, resample=resample, **kw)
+    assert [p.name for p in other.iterdir()] == ["0.png"]
+
+
+def test_resample_deletes_only_the_images_its_manifest_lists(tmp_path):
+    "--resample deletes the {id}.png of the ids the old manifest lists and longalign-eval's files about them; nothing else."
+    from longalign.evaluation import sample_folder
+    from longalign.experiments import toy_world
+    kw = dict(encoders=None, steps=2, batch_size=2, zoo=toy_world("smoke"), progress=False)
+    rows, out = _toy_rows(2), tmp_path / "imgs"
+    sample_folder(out, rows, seed=0, **kw)
+    assert json.loads((out / "manifest.json").read_text())["ids"] == ["0", "1"]
+    (out / "mine.png").write_bytes(b"a user's file"); (out / "notes.txt").write_text("keep")
+    (out / "eval").mkdir(); (out / "eval" / "summary.csv").write_text("old scores"); (out / "eval" / "plot.png").write_bytes(b"p")
+    sample_folder(out, rows[:1], seed=1, resample=True, **kw)
+    assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "mine.png"]      # 1.png was the old run's: deleted
+    assert (out / "mine.png").read_bytes() == b"a user's file" and (out / "notes.txt").exists()
+    assert (out / "eval" / "plot.png").exists() and not (out / "eval" / "summary.csv").exists()
+    # an id that would name a file outside the folder: refused, in the prompts and in an old manifest
+    victim = tmp_path / "victim.png"; victim.write_bytes(b"v")
+    with pytest.raises(ValueError, match=r"id '\.\./victim' in the prompts"):
+        sample_folder(out, [{"id": "../victim", "caption": rows[0]["caption"]}], seed=1, **kw)
+    man = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**man, "ids": ["0", "../victim"]}))
+    with pytest.raises(ValueError, match=r"id '\.\./victim' in .*manifest.json"):
+        sample_folder(out, rows, seed=2, resample=True, **kw)
+    assert victim.exists() and (out / "0.png").exists()
+
+
+def test_a_run_that_fails_before_its_first_image_does_not_block_the_rerun(tmp_path):
+    "manifest.json comes with the first image: a run that fails earlier (a model not found) leaves the folder open."
+    from longalign.core import ModelUnavailableError
+    from longalign.evaluation import sample_folder
+    from longalign.experiments import toy_world
+    kw = dict(encoders=None, batch_size=2, zoo=toy_world("smoke"), progress=False)
+    out = tmp_path / "imgs"
+    with mock.patch("longalign.evaluation.load_pipeline", side_effect=ModelUnavailableError("unet not found")):
+        with pytest.raises(ModelUnavailableError): sample_folder(out, _toy_rows(2), steps=3, **kw)
+    assert not (out / "manifest.json").exists()
+    sample_folder(out, _toy_rows(2), steps=2, **kw)      # the corrected rerun, with other settings: no --resample needed
+    assert json.loads((out / "manifest.json").read_text())["steps"] == 2 and len(list(out.glob("*.png"))) == 2
+
+
+def _module_moves(fn) -> set:
+    "(class name, device) of every `nn.Module.to` call while `fn` runs."
+    seen, real = set(), nn.Module.to
+    def spy(self, *args, **kwargs):
+        seen.add((type(self).__name__, str(args[0] if args else kwargs.get("device"))))
+        return real(self, *args, **kwargs)
+    with mock.patch.object(nn.Module, "to", spy): fn()
+    return seen
+
+
+def test_device_reaches_the_models(tmp_path):
+    "`device` moves the pipeline, T5 and its adapter (sampling), the preference model (scoring); a bad one is a clear error."
+    from longalign.evaluation import evaluate_folder, sample_folder
+    from longalign.experiments import toy_world
+    zoo = toy_world("smoke")
+    out = tmp_path / "imgs"
+    moved = _module_moves(lambda: sample_folder(out, _toy_rows(1), encoders="clip+t5", steps=2, zoo=zoo, progress=False, device="cpu"))
+    assert {("UNet2DConditionModel", "cpu"), ("AutoencoderKL", "cpu"), ("T5EncoderModel", "cpu"), ("TextAdapter", "cpu")} <= moved, moved
+    moved = _module_moves(lambda: evaluate_folder(out, metrics=("denscore",), zoo=zoo, progress=False, device="cpu"))
+    assert ("PreferenceModel", "cpu") in moved, moved
+    for bad, why in (("gpu", "not a torch device"), ("cuda:99", "CUDA devices")):
+        with pytest.raises(ValueError, match=rf"device='{bad}' \(--device\).*{why}"):
+            sample_folder(tmp_path / "x", _toy_rows(1), encoders=None, zoo=zoo, progress=False, device=bad)
+
+
+def test_a_mistyped_reference_fails_before_any_scoring(tmp_path):
+    "A reference folder that is not there (or holds no image) fails at once: nothing is scored, eval/ is left as it was."
+    from longalign.evaluation import evaluate_folder, sample_folder
+    from longalign.experiments import toy_world
+    zoo = toy_world("smoke")
+    out = sample_folder(tmp_path / "imgs", _toy_rows(2), encoders=None, steps=2, zoo=zoo, progress=False)
+    (out / "eval").mkdir(); (out / "eval" / "samples.jsonl").write_text("earlier scores\n")
+    (tmp_path / "empty").mkdir()
+    with mock.patch("longalign.evaluation.load_reward_model", side_effect=AssertionError("scoring started")):
+        for ref, why in ((tmp_path / "refrence", "not found"), (tmp_path / "empty", "holds no images")):
+            with pytest.raises(ValueError, match=f"reference folder .*{why}"):
+                evaluate_folder(out, metrics=("denscore", "fid"), reference=ref, zoo=zoo, progress=False)
+    assert (out / "eval" / "samples.jsonl").read_text() == "earlier scores\n"
+
+
+def test_fid_read_batch_by_batch_equals_fid_of_all_images_at_once(tmp_path):
+    """FID streams both folders through the features, `batch_size` images at a time (at the first features, no more than
+    one batch has been read), and equals FID of all images read at once and resized to the first image's size."""
+    import torch.nn.functional as F
+    from PIL import Image
+    from longalign import evaluation
+    from longalign.core import image_from_bytes
+    from longalign.evaluation import _to_pil, evaluate_folder, fid
+    from longalign.experiments import toy_world
+    from longalign.toyworld import toy_image_features
+    zoo, g = toy_world("smoke"), torch.Generator().manual_seed(0)
+    imgs, ref = tmp_path / "imgs", tmp_path / "ref"; imgs.mkdir(); ref.mkdir()
+    rows = _toy_rows(7)
+    for i, r in enumerate(rows): _to_pil(torch.rand(3, *((40, 40) if i == 3 else (32, 32)), generator=g)).save(imgs / f"{r['id']}.png")
+    (imgs / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for i in range(6): _to_pil(torch.rand(3, 48, 48, generator=g)).save(ref / f"r{i}.png")
+    reads, read_at_first_features = [], []
+    def counting_read(data): reads.append(1); return image_from_bytes(data)
+    def features(zoo_, x):
+        if not read_at_first_features: read_at_first_features.append(len(reads))
+        return toy_image_features(zoo_, x)
+    with mock.patch.object(evaluation, "image_from_bytes", counting_read), mock.patch.object(evaluation, "toy_image_features", features):
+        got = evaluate_folder(imgs, metrics=("fid",), reference=ref, zoo=zoo, batch_size=3, progress=False).set_index("metric")
+    assert read_at_first_features == [3] and len(reads) == 13
+    load = lambda d: [image_from_bytes(p.read_bytes()) for p in sorted(d.glob("*.png"))]
+    same = lambda ims: torch.stack([F.interpolate(im[None], size=(32, 32), mode="bilinear", antialias=True)[0]
+                                    if im.shape[-2:] != (32, 32) else im for im in ims])
+    want = fid(lambda x: toy_image_features(zoo, x), same(load(imgs)), same(load(ref)))
+    assert got.loc["fid", "n"] == 7 and want > 0.1          # two different sets: a number that can be wrong
+    assert abs(got.loc["fid", "value"] - want) <= 1e-6 * want, (got.loc["fid", "value"], want)
+
+
+def _http_error(code, body=b'{"error": {"message": "unknown model gpt-4q"}}'):
+    return urllib.error.HTTPError("https://api.example/v1/chat/completions", code, "status", {}, io.BytesIO(body))
+
+
+class _FailingClient:
+    "Raises the given errors in turn, then answers 'first'."
+    def __init__(self, *errors): self.errors, self.calls = list(errors), 0
+    def complete(self, model, messages):
+        self.calls += 1
+        if self.errors: raise self.errors.pop(0)
+        return "first"
+
+
+def test_judge_retries_only_network_errors_rate_limits_and_server_errors():
+    from longalign.evaluation import JudgeError, PairwiseJudge
+    a, b, waits = torch.zeros(3, 8, 8), torch.ones(3, 8, 8), []
+    flaky = _FailingClient(_http_error(429), _http_error(503), urllib.error.URLError("connection reset"), TimeoutError("slow"))
+    j = PairwiseJudge(flaky, sleep=waits.append, backoff=1.0)
+    assert j.ask("x", a, b) == "first" and flaky.calls == 5 and waits == [1.0, 2.0, 4.0, 8.0]
+    for err in (_http_error(400), _http_error(401, b"invalid api key"), KeyError("choices")):
+        client = _FailingClient(err)
+        with pytest.raises(JudgeError, match="not retried") as e:
+            PairwiseJudge(client, sleep=waits.append).ask("x", a, b)
+        assert client.calls == 1 and e.value.__cause__ is err
+    with pytest.raises(JudgeError, match="HTTP Error 400.*response body: .*unknown model gpt-4q"):
+        PairwiseJudge(_FailingClient(_http_error(400))).ask("x", a, b)
+    with pytest.raises(JudgeError, match="failed 2 times.*503"):
+        PairwiseJudge(_FailingClient(*[_http_error(503)] * 5), retries=1, sleep=waits.append).ask("x", a, b)
 
 
 def test_vqa_counts_unscorable_prompts_and_stops_on_other_errors(tmp_path):
