@@ -563,7 +563,9 @@ def evaluate_folder(
     unscorable = []
     if {"denscore", "denscore_o"} & set(scores):
         pm = load_reward_model(preset, "denscore", path=denscore, zoo=zoo).to(device)   # toy: the world's Denscore (`experiments.ToyWorld`)
-        V = dataset_direction(pm, caps).to(device)   # V of the evaluated prompts: the same for every model compared on them
+        # V of the prompts that have an image file (an unreadable image's prompt included): the same for every model
+        # compared on these prompts, whichever of its images fail to decode
+        V = dataset_direction(pm, caps).to(device)
     vqa = (ToyVQA(zoo.oracle) if toy else VQAScore(device=device)) if "vqa" in scores else None
     read, stats, size = [], None, None         # rows whose image decoded; FID statistics; FID's image size (the first image's)
     with torch.no_grad():
