@@ -386,7 +386,8 @@ def run_rft(
     evaluate, eval_steps = None, None
     if eval_every:
         if eval_every < 1: raise ValueError(f"eval_every={eval_every} must be a positive number of steps (or None for no validation)")
-        evaluate = validation_evaluator(pm, prompts[:n_val], dataset_direction(pm, prompts, cfg.kind), val_steps, cfg.guidance)
+        # validation scores segment averages (Denscore, Denscore-O) whatever the reward's kind, so V comes from them too
+        evaluate = validation_evaluator(pm, prompts[:n_val], dataset_direction(pm, prompts, "denscore"), val_steps, cfg.guidance)
         eval_steps = list(range(0, cfg.steps + 1, eval_every)) + [cfg.steps]
     return train_rft(output_dir, prompts, pm, cfg, preset, sft_lora=sft_lora, overrides=overrides, progress=progress,
                      eval_steps=eval_steps, evaluate=evaluate)
