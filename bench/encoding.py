@@ -18,7 +18,7 @@ process. Writes bench/results/encoding.json and bench/results/encoding.md.
     pip install -e ".[bench]"   # compel is a benchmark-only dependency
     python bench/encoding.py [--prompts 16] [--rounds 3]
 """
-import argparse, gc, json, multiprocessing as mp, os, random, statistics, threading, time
+import argparse, gc, json, multiprocessing as mp, os, random, shlex, statistics, sys, threading, time
 from pathlib import Path
 
 import torch
@@ -134,7 +134,8 @@ def main(n_prompts=16, rounds=3, out=Path(__file__).parent / "results", lengths=
               sep="\n", flush=True)
         out.mkdir(parents=True, exist_ok=True)       # written after every length: a long run that is stopped keeps its rows
         meta = {"prompts": n_prompts, "rounds": rounds, "threads": torch.get_num_threads(), "versions": package_versions(),
-                "load average": os.getloadavg()[0]}
+                "load average": os.getloadavg()[0], "lengths done": [x for x in lengths if x <= n], "lengths asked": list(lengths),
+                "command": " ".join(["python bench/encoding.py", *map(shlex.quote, sys.argv[1:])])}
         (out / "encoding.json").write_text(json.dumps({"rows": rows, **meta}, indent=1))
         md = markdown(rows, meta)
         (out / "encoding.md").write_text(md)
@@ -152,7 +153,9 @@ def markdown(rows, meta):
               f"are called in grad mode on weights that require grad: the first (what `from_pipe` builds) runs without "
               f"autograd, the second records a graph (`text_grad=True`, what `encode` did before issue 23); the loop and "
               f"compel run under `torch.no_grad()`. 1-minute load average {meta['load average']:.1f} on the machine at the end "
-              f"(a shared machine: compare the ratios within a length). `python bench/encoding.py`")
+              f"(a shared machine: compare the ratios within a length). `{meta['command']}`"
+              + ("" if meta["lengths done"] == meta["lengths asked"] else
+                 f" (stopped after {meta['lengths done'][-1]} tokens of {meta['lengths asked']})"))
     return "\n".join(md) + "\n"
 
 
