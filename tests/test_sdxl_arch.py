@@ -44,11 +44,17 @@ def test_sft_then_rft_with_sdxl_architectures(tmp_path):
     assert json.loads((tmp_path / "rft" / "config.json").read_text())["settings"]["sft_lora"] == "sft/lora"
 
 
-def test_sample_cli_sdxl_offline_names_the_role_and_defaults_to_both_towers(tmp_path):
+def test_sample_cli_sdxl_offline_names_the_role_and_defaults_to_both_towers(tmp_path, monkeypatch):
     (tmp_path / "p.txt").write_text("A red cube on the left. A blue ball in the middle.\n")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([str(Path(sys.executable).parent / "longalign-sample"), str(tmp_path / "p.txt"), str(tmp_path / "out"),
                         "--preset", "sdxl"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "preset 'sdxl', role 'unet'" in r.stderr and "stabilityai/stable-diffusion-xl-base-1.0" in r.stderr
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["encoders"] == "clip-cat"
+    assert not (tmp_path / "out" / "manifest.json").exists()        # no image, no manifest: nothing stands in the rerun's way
+    import longalign.evaluation as ev                                # the encoders the CLI asks for with --preset sdxl
+    asked = {}
+    def record(out, rows, preset, encoders, *a, **k): asked.update(preset=preset, encoders=encoders); return Path(out)
+    monkeypatch.setattr(ev, "sample_folder", record)
+    ev.sample_cli([str(tmp_path / "p.txt"), str(tmp_path / "out2"), "--preset", "sdxl"])
+    assert asked == {"preset": "sdxl", "encoders": "clip-cat"}
