@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #a13ae311
 from __future__ import annotations
-import contextlib, csv, dataclasses, functools, gzip, importlib, json, math, os, platform, random, shutil, socket, sys, tempfile, time, warnings
+import contextlib, csv, dataclasses, functools, gzip, importlib, json, math, os, platform, random, shutil, socket, sys, time, uuid, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -356,7 +356,8 @@ def clip_tokenizer_files(cache_dir=None) -> Path:
     vocab = list(_bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-clip-tokenizer-", dir=out.parent))   # one per writer, threads included
+    tmp = out.parent / f".tmp-clip-tokenizer-{uuid.uuid4().hex}"   # one per writer, threads included (and the umask's mode,
+    tmp.mkdir()                                                   # which mkdtemp's private 0700 would not give a shared cache)
     (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     try: os.rename(tmp, out)

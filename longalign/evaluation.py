@@ -182,7 +182,9 @@ def _retryable(e: Exception) -> bool:
     "Network trouble, rate limits (HTTP 429) and server errors (5xx) may pass with time; anything else will not."
     status = _http_status(e)
     if status is not None: return status == 429 or status >= 500
-    return isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException))
+    if isinstance(e, (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)): return True
+    # the openai and httpx clients' own connection and timeout errors (not subclasses of the built-in ones)
+    return bool({c.__name__ for c in type(e).__mro__} & {"APIConnectionError", "APITimeoutError", "TransportError", "TimeoutException"})
 
 def _error_body(e: Exception) -> str:
     "The response body of a failed request, where the error carries one (e.g. the API's own message), cut at 2000 characters."
@@ -454,7 +456,7 @@ def sample_folder(
     same images; a folder whose `manifest.json` records other settings is refused (or, with `resample`, sampled anew).
     `manifest.json` is written with the first image, so a run that fails before any image leaves no trace in the way."""
     rows = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
-    check_ids([r["id"] for r in rows], "the prompts")
+    rows = [{**r, "id": i} for r, i in zip(rows, check_ids([r["id"] for r in rows], "the prompts"))]   # ids as strings
     toy = get_preset(preset).ref("unet").kind in MODEL_SOURCES
     device = resolve_device(device, toy)
     if toy: zoo = world_models(preset, zoo)
@@ -603,6 +605,7 @@ def evaluate_folder(
     if "fid" in metrics:
         fid_versions = json.dumps({**json.loads(versions), "fid_features": "toy CLIP" if toy else f"FID Inception, resize {extract.resize}",
                                    "reference": str(reference), "n_reference": n_ref})
+        if stats.n < 2: raise InputError(f"{images_dir} has {stats.n} readable image with a prompt; FID needs at least 2")
         summary.append((method, "fid", fid_from_stats(stats, ref_stats), stats.n, fid_versions))
     summary += [(method, f"skipped:{k}", float(len(v)), len(v), versions) for k, v in report.items()]
     summary.append((method, "skipped:unscorable_prompt", float(len(unscorable)), len(unscorable), versions))
@@ -685,6 +688,8 @@ def eval_cli(argv=None):
         toy = get_preset(a.preset).ref("unet").kind in MODEL_SOURCES
         device = resolve_device(a.device, toy)
         image_files(a.images)
+        read_prompts(a.prompts or Path(a.images).expanduser() / "prompts.jsonl")   # the prompts: there and readable
+        if a.denscore and not Path(a.denscore).expanduser().is_dir(): raise FileNotFoundError(f"--denscore folder {a.denscore} not found")
         if "fid" in metrics:
             image_files(a.reference, "reference folder")
             if not toy: _inception_path(a.inception)

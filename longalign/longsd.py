@@ -227,6 +227,11 @@ def fit_with_evals(model, dataset, step_fn, config: TrainConfig, collate=None, r
     ckpts = list_checkpoints(out)
     loaded = int(ckpts[-1].name.split("-")[1]) if ckpts else 0      # the step `fit` resumes from
     wanted = sorted({s for s in (eval_steps or []) if 0 <= s <= config.max_steps})
+    if evaluate is not None and any(0 < s < config.max_steps for s in wanted) and \
+            config.lr_scheduler not in ("constant", "constant_with_warmup"):
+        raise ValueError(f"eval_steps {wanted} split the run into chunks that resume with a larger max_steps, which only a "
+                         f"constant schedule allows (lr_scheduler={config.lr_scheduler!r} is a function of max_steps): use "
+                         f"'constant' or 'constant_with_warmup', or evaluate only at the end")
     if evaluate is not None and (gone := [s for s in wanted if s < loaded and s not in done]):
         warnings.warn(f"{out} resumes from step {loaded}: evaluation steps {gone} are skipped (their weights are no longer there)")
     wanted = [s for s in wanted if s >= loaded]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_denscore.ipynb #241d1c87
 from __future__ import annotations
-import io, math, random
+import io, math, random, warnings
 from types import SimpleNamespace
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -81,6 +81,7 @@ class PreferenceModel(nn.Module):
             image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
         self.image_size, self.crop_fraction, self.mean, self.std = int(image_size), crop_fraction, mean, std
         self._cache, self._cache_key = {}, None     # text -> embedding, for the text tower's dtype and weights
+        self._warned_counter = False
 
     @property
     def device(self): return next(self.model.parameters()).device
@@ -139,8 +140,12 @@ class PreferenceModel(nn.Module):
         if hasattr(self.tokenizer, "model_max_length"): return self.tokenizer
         if hasattr(self.tokenizer, "encode") and getattr(self.tokenizer, "context_length", None):
             return _OpenClipCounter(self.tokenizer)
-        raise TypeError(f"splitter='robust' cannot count tokens with a {type(self.tokenizer).__name__}: give a transformers "
-                        "tokenizer or open_clip's SimpleTokenizer (HPSv2's), or use splitter='compat'")
+        if not self._warned_counter:     # e.g. open_clip's HFTokenizer: sentences are not split further, as before
+            warnings.warn(f"splitter='robust' cannot count tokens with a {type(self.tokenizer).__name__}: captions are split at "
+                          "sentences only, and a sentence longer than the text tower's context is cut there. Give a "
+                          "transformers tokenizer or open_clip's SimpleTokenizer to split long sentences too")
+            self._warned_counter = True
+        return None
 
     def segment_embeds(self, captions: list[str]) -> tuple:
         "`(embeds, owner)`: every segment's normalised embedding (m, d) and the caption index it belongs to (m,)."

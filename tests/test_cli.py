@@ -51,9 +51,22 @@ def test_a_bug_inside_a_run_is_not_turned_into_a_usage_error(tmp_path):
         with pytest.raises(KeyError, match="text_embeds"):
             evaluation.sample_cli([str(tmp_path / "p.txt"), str(tmp_path / "out"), "--encoders", "base", "--zoo", "smoke"])
     (tmp_path / "imgs").mkdir(); (tmp_path / "imgs" / "0.png").write_bytes(b"not read")
+    (tmp_path / "imgs" / "prompts.jsonl").write_text('{"id": "0", "caption": "A red circle in the top left."}\n')
     with mock.patch.object(evaluation, "evaluate_folder", side_effect=KeyError("pixel_values")):
         with pytest.raises(KeyError, match="pixel_values"):
             evaluation.eval_cli([str(tmp_path / "imgs"), "--zoo", "smoke"])
+
+
+def test_eval_cli_names_a_missing_prompt_file_or_denscore_folder_before_any_model_loads(tmp_path, capsys):
+    from longalign import evaluation
+    (tmp_path / "imgs").mkdir(); (tmp_path / "imgs" / "0.png").write_bytes(b"not read")
+    with mock.patch.object(evaluation, "evaluate_folder", side_effect=AssertionError("must not run")):
+        with pytest.raises(SystemExit) as e: evaluation.eval_cli([str(tmp_path / "imgs"), "--zoo", "smoke"])
+        assert e.value.code == 2 and "prompts.jsonl not found" in capsys.readouterr().err
+        (tmp_path / "imgs" / "prompts.jsonl").write_text('{"id": "0", "caption": "A red circle."}\n')
+        with pytest.raises(SystemExit) as e:
+            evaluation.eval_cli([str(tmp_path / "imgs"), "--zoo", "smoke", "--denscore", str(tmp_path / "nowhere")])
+        assert e.value.code == 2 and "--denscore folder" in capsys.readouterr().err
 
 
 def test_zoo_defaults_to_smoke_under_in_test(tmp_path):

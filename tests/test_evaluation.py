@@ -128,6 +128,24 @@ def test_a_mistyped_reference_fails_before_any_scoring(tmp_path):
     assert (out / "eval" / "samples.jsonl").read_text() == "earlier scores\n"
 
 
+def test_integer_ids_and_fid_of_a_single_image(tmp_path):
+    """Rows from the Python API may carry integer ids: they name the same {id}.png as their strings, and --resample finds
+    them in the manifest; FID of a folder with one readable image is refused with its name, not a covariance error."""
+    from longalign.evaluation import evaluate_folder, sample_folder
+    from longalign.experiments import toy_world
+    zoo = toy_world("smoke")
+    rows = [{"id": i, "caption": r["caption"]} for i, r in enumerate(_toy_rows(2))]
+    out = sample_folder(tmp_path / "imgs", rows, encoders=None, steps=2, zoo=zoo, progress=False)
+    assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png"]
+    sample_folder(out, rows, encoders=None, steps=2, seed=1, zoo=zoo, progress=False, resample=True)   # other settings: replaced
+    assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png"]
+    ref = tmp_path / "ref"; ref.mkdir()
+    for name in ("a.png", "b.png"): (ref / name).write_bytes((out / "0.png").read_bytes())
+    (out / "1.png").unlink()
+    with pytest.raises(ValueError, match="has 1 readable image with a prompt; FID needs at least 2"):
+        evaluate_folder(out, metrics=("fid",), reference=ref, zoo=zoo, progress=False)
+
+
 def test_fid_read_batch_by_batch_equals_fid_of_all_images_at_once(tmp_path):
     """FID streams both folders through the features, `batch_size` images at a time (at the first features, no more than
     one batch has been read), and equals FID of all images read at once and resized to the first image's size."""
@@ -179,6 +197,10 @@ def test_judge_retries_only_network_errors_rate_limits_and_server_errors():
     flaky = _FailingClient(_http_error(429), _http_error(503), urllib.error.URLError("connection reset"), TimeoutError("slow"))
     j = PairwiseJudge(flaky, sleep=waits.append, backoff=1.0)
     assert j.ask("x", a, b) == "first" and flaky.calls == 5 and waits == [1.0, 2.0, 4.0, 8.0]
+    APIConnectionError = type("APIConnectionError", (Exception,), {})      # the openai client's, not a ConnectionError
+    ReadTimeout = type("ReadTimeout", (type("TimeoutException", (type("TransportError", (Exception,), {}),), {}),), {})  # httpx's
+    flaky = _FailingClient(APIConnectionError("no route"), ReadTimeout("slow"))
+    assert PairwiseJudge(flaky, sleep=lambda s: None).ask("y", a, b) == "first" and flaky.calls == 3
     for err in (_http_error(400), _http_error(401, b"invalid api key"), KeyError("choices")):
         client = _FailingClient(err)
         with pytest.raises(JudgeError, match="not retried") as e:

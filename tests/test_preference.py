@@ -318,6 +318,21 @@ def test_open_clip_segments_split_at_its_context_length():
         torch.testing.assert_close(pm.denscore(x, ["A cat sleeps. " + sentence]), 100 * (img * e).sum(-1))
 
 
+def test_robust_split_with_a_tokenizer_it_cannot_count_falls_back_to_sentences_and_warns_once():
+    "A tokenizer without a token count (open_clip's HFTokenizer, say): sentences are not split further, with one warning."
+    import warnings
+    from longalign.preference import PreferenceModel
+    class Opaque:                                   # tokenizes, but tells neither its context length nor its BPE count
+        def __call__(self, texts): return torch.zeros(len(texts), 77, dtype=torch.long)
+    pm = PreferenceModel(_tiny_clip(), Opaque())
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert pm.segments("A cat sleeps. A dog barks.") == ["A cat sleeps.", "A dog barks."]
+        pm.segments("A bird sings.")
+    assert [str(x.message) for x in w if "cannot count tokens" in str(x.message)][:1] and \
+        sum("cannot count tokens" in str(x.message) for x in w) == 1
+
+
 def test_random_init_like_leaves_the_global_rng_alone():
     from longalign.decomposition import random_init_like
     m = _tiny_clip()

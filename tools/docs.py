@@ -135,8 +135,9 @@ def main():
     if shutil.which("quarto") and not a.preview:
         readme = Path(__file__).resolve().parent.parent / "README.md"
         kept = readme.read_bytes() if a.no_readme and readme.exists() else None
-        subprocess.run(["nbdev_docs"], check=True)        # it rewrites README.md too: put it back under --no-readme
-        if kept is not None: readme.write_bytes(kept)
+        try: subprocess.run(["nbdev_docs"], check=True)   # it rewrites README.md too: put it back under --no-readme
+        finally:
+            if kept is not None: readme.write_bytes(kept)
         return
     proc, cfg = proc_notebooks()
     out = Path(a.out) if a.out else cfg.config_path / cfg.doc_path.name
