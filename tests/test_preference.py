@@ -69,15 +69,20 @@ def test_open_clip_model_scores_like_its_own_towers():
         torch.testing.assert_close(seg[1], 100 * (img[1] * segs[0]).sum())
 
 
-def _tiny_clip_h(folder):
-    "A random-weight CLIP saved like CLIP-H's hub folder (weights + tokenizer), small enough for a CPU test."
+def _tiny_clip():
+    "A random-weight CLIP (seed 0), frozen, small enough for a CPU test."
     from transformers import CLIPConfig, CLIPModel
-    from longalign.toyworld import clip_tokenizer
     torch.manual_seed(0)
     cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
                      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                         image_size=32, patch_size=8), projection_dim=16)
-    CLIPModel(cfg).save_pretrained(folder)
+    return CLIPModel(cfg).eval().requires_grad_(False)
+
+
+def _tiny_clip_h(folder):
+    "`_tiny_clip` saved like CLIP-H's hub folder (weights + tokenizer)."
+    from longalign.toyworld import clip_tokenizer
+    _tiny_clip().save_pretrained(folder)
     clip_tokenizer().save_pretrained(folder)
     return folder
 
@@ -253,15 +258,6 @@ def test_prompt_weighting_is_pickscores_criterion(tmp_path):
     base = first_loss([3] * 8, False)
     assert abs(first_loss([3] * 8, True) - base) < 1e-5
     assert abs(first_loss([1, 9, 1, 9, 1, 9, 1, 9], True) - base) > 1e-4
-
-
-def _tiny_clip():
-    from transformers import CLIPConfig, CLIPModel
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        image_size=32, patch_size=8), projection_dim=16)
-    return CLIPModel(cfg).eval().requires_grad_(False)
 
 
 def test_V_must_be_a_unit_direction_of_the_embeddings_dimension():
